@@ -1,0 +1,42 @@
+"""``microcae prepare``: micrographs -> a tiled, split, manifest-carrying data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import progress_option
+from microcae.data.dataset import prepare_dataset
+
+
+@click.command("prepare")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the prepared set into.")
+@click.option("--tile", default=256, show_default=True, help="Tile side in pixels.")
+@click.option("--stride", type=int, default=None, help="Step between tiles [default: tile].")
+@click.option("--remainder", type=click.Choice(["drop", "pad"]), default="drop",
+              show_default=True, help="Border pixels that do not fill a tile: drop or reflect-pad.")
+@click.option("--test-fraction", default=0.2, show_default=True,
+              help="Share of tiles in the test split (split by source image).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the train/test split.")
+@click.option("--scaling", type=click.Choice(["auto", "range", "full"]), default="auto",
+              show_default=True,
+              help="auto: 8-bit by 0..255, 16-bit/float by the image's own range.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@progress_option
+def command(inputs: tuple[Path, ...], out: Path, tile: int, stride: int | None, remainder: str,
+            test_fraction: float, seed: int, scaling: str, overwrite: bool,
+            progress: bool) -> None:
+    """Tile micrographs (files or folders) into a training set at OUT."""
+    prepared = prepare_dataset(list(inputs), out, tile=tile, stride=stride, remainder=remainder,
+                               test_fraction=test_fraction, seed=seed, scaling=scaling,
+                               overwrite=overwrite, progress=progress)
+    manifest = prepared.manifest
+    click.echo(
+        f"{out}: {len(manifest['sources'])} images -> {len(prepared.tiles)} tiles "
+        f"({len(prepared.indices('train'))} train, {len(prepared.indices('test'))} test)"
+    )
+    for skipped in manifest["skipped_smaller_than_tile"]:
+        click.echo(f"skipped (smaller than one tile): {skipped}")

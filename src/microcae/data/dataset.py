@@ -1,0 +1,270 @@
+"""Prepared tile sets: ``microcae prepare`` writes one, ``microcae train`` reads it.
+
+A prepared set is a folder holding ``tiles.npy`` ((T, tile, tile) float32 in [0, 1]),
+``manifest.json`` (sources with SHA-256, tiling settings, split, one record per tile) and
+``tiles.csv`` (the per-tile table for spreadsheets). Train and test are split **by source
+image**, stratified by the sub-folder the image came from, so no test image contributes a tile
+to training. (The study split by tile, which lets neighbouring tiles of one micrograph fall on
+both sides.)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from microcae.data.images import Scaling, find_images, read_micrograph
+from microcae.data.tiling import Remainder, TileGrid, extract_tiles
+from microcae.errors import MicrocaeError
+
+DATASET_FORMAT = "microcae.dataset"
+DATASET_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_sources(
+    tile_counts: dict[str, int], groups: dict[str, str], test_fraction: float, seed: int
+) -> dict[str, str]:
+    """Assign each source image to ``"train"`` or ``"test"``.
+
+    Within each group (sub-folder), images are shuffled with ``seed`` and added to the test side
+    while that brings the group's test tile count closer to ``test_fraction`` of its tiles. A
+    group with one image goes to training. Deterministic for a given input and seed.
+
+    Parameters
+    ----------
+    tile_counts
+        Source name -> number of tiles it yields.
+    groups
+        Source name -> group name.
+    test_fraction
+        Target share of tiles in the test split, in [0, 1).
+    seed
+        Seed of the shuffle.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise MicrocaeError(f"test fraction must be in [0, 1), got {test_fraction}")
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(tile_counts):
+        by_group[groups[name]].append(name)
+    split = {name: "train" for name in tile_counts}
+    for group in sorted(by_group):
+        names = by_group[group]
+        if len(names) < 2:
+            continue
+        random.Random(f"{seed}/{group}").shuffle(names)
+        target = test_fraction * sum(tile_counts[n] for n in names)
+        in_test = 0
+        for name in names[:-1]:  # keep at least one image of every group in training
+            if abs(in_test + tile_counts[name] - target) < abs(in_test - target):
+                split[name] = "test"
+                in_test += tile_counts[name]
+    return split
+
+
+@dataclass(frozen=True)
+class PreparedSet:
+    """A prepared tile set opened for reading.
+
+    Attributes
+    ----------
+    path
+        The folder.
+    tiles
+        (T, tile, tile) float32 array in [0, 1] (memory-mapped).
+    manifest
+        The parsed ``manifest.json``.
+    manifest_sha256
+        SHA-256 of ``manifest.json``: identifies the data in model provenance.
+    """
+
+    path: Path
+    tiles: np.ndarray
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+    def indices(self, split: str) -> np.ndarray:
+        """Tile indices (int64, ascending) of ``split`` (``"train"`` or ``"test"``)."""
+        return np.array(
+            [t["index"] for t in self.manifest["tiles"] if t["split"] == split], dtype=np.int64
+        )
+
+
+def prepare_dataset(
+    inputs: list[str | Path],
+    out: str | Path,
+    tile: int = 256,
+    stride: int | None = None,
+    remainder: Remainder = "drop",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    scaling: Scaling = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PreparedSet:
+    """Read micrographs, tile them, split by source image and write a prepared set.
+
+    Parameters
+    ----------
+    inputs
+        Image files and/or folders (searched recursively; annotation masks are skipped).
+    out
+        Folder to create. Written as a temporary sibling and renamed when complete.
+    tile, stride
+        Tile side and step in pixels (stride defaults to ``tile``: non-overlapping, as the study).
+    remainder
+        ``"drop"`` border pixels that do not fill a tile (the study) or ``"pad"`` by reflection.
+    test_fraction, seed
+        Share of tiles for testing (by source image) and the seed of the split.
+    scaling
+        How samples map to [0, 1]; see :func:`microcae.data.images.micrograph_from_array`.
+    overwrite
+        Replace an existing ``out`` folder.
+    progress
+        Show a progress bar on stderr.
+
+    Raises
+    ------
+    MicrocaeError
+        Unreadable inputs, no images, or no image large enough for one tile.
+    """
+    out = Path(out)
+    stride = stride or tile
+    if out.exists() and not overwrite:
+        raise MicrocaeError(f"{out}: already exists (use --overwrite to replace it)")
+    paths = find_images(inputs)
+    base = Path(os.path.commonpath([Path(p).resolve() if Path(p).is_dir()
+                                    else Path(p).resolve().parent for p in inputs]))
+    sources: list[dict[str, Any]] = []
+    tile_arrays: list[np.ndarray] = []
+    skipped: list[str] = []
+    for path in tqdm(paths, desc="prepare", unit="image", disable=not progress):
+        micrograph = read_micrograph(path, scaling=scaling)
+        grid = TileGrid(micrograph.shape, tile=tile, stride=stride, remainder=remainder)
+        if len(grid) == 0:
+            skipped.append(str(path))
+            continue
+        relative = path.resolve().relative_to(base)
+        sources.append(
+            {
+                "file": relative.as_posix(),
+                "sha256": file_sha256(path),
+                "group": relative.parent.as_posix(),
+                "shape": list(micrograph.shape),
+                "source_dtype": micrograph.source_dtype,
+                "colour": micrograph.colour,
+                "value_range": list(micrograph.value_range),
+                "scaling": micrograph.scaling,
+                "positions": grid.positions,
+            }
+        )
+        tile_arrays.append(extract_tiles(micrograph.pixels, grid))
+    if not sources:
+        raise MicrocaeError(f"no image is at least {tile}x{tile} pixels: nothing to tile")
+    names = [s["file"] for s in sources]
+    if len(set(names)) != len(names):
+        raise MicrocaeError("two inputs have the same relative path; prepare them separately")
+    split = split_sources(
+        {s["file"]: len(s["positions"]) for s in sources},
+        {s["file"]: s["group"] for s in sources},
+        test_fraction,
+        seed,
+    )
+    records = []
+    for source in sources:
+        source["split"] = split[source["file"]]
+        for y, x in source.pop("positions"):
+            records.append(
+                {"index": len(records), "source": source["file"], "y": y, "x": x,
+                 "split": source["split"]}
+            )
+    manifest = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "tile": tile,
+        "stride": stride,
+        "remainder": remainder,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "split_by": "source image, stratified by sub-folder",
+        "skipped_smaller_than_tile": skipped,
+        "sources": sources,
+        "tiles": records,
+    }
+    _write_folder(out, np.concatenate(tile_arrays).astype(np.float32), manifest, overwrite)
+    return load_dataset(out)
+
+
+def _tiles_csv(records: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["index", "source", "y", "x", "split"])
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def _write_folder(out: Path, tiles: np.ndarray, manifest: dict[str, Any], overwrite: bool) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        np.save(staging / "tiles.npy", tiles)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        (staging / "tiles.csv").write_text(_tiles_csv(manifest["tiles"]), encoding="utf-8")
+        if out.exists() and overwrite:
+            retired = out.with_name(f".{out.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_dataset(path: str | Path) -> PreparedSet:
+    """Open a prepared set written by :func:`prepare_dataset`.
+
+    Raises
+    ------
+    MicrocaeError
+        If the folder is missing, not a prepared set, or its files disagree.
+    """
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise MicrocaeError(f"{path}: not a prepared data set (no manifest.json)")
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+        tiles = np.load(path / "tiles.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MicrocaeError(f"{path}: corrupt prepared data set ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != DATASET_FORMAT:
+        raise MicrocaeError(f"{path}: not a microcae prepared data set")
+    size = manifest.get("tile")
+    if tiles.dtype != np.float32 or tiles.shape != (len(manifest.get("tiles", [])), size, size):
+        raise MicrocaeError(f"{path}: tiles.npy does not match manifest.json")
+    return PreparedSet(path, tiles, manifest, hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,1 @@
+"""Measurements: reconstruction quality, rate-distortion, saliency quality."""

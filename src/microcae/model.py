@@ -1,0 +1,224 @@
+"""The study's convolutional autoencoder (CAE), configurable, with safetensors save/load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from microcae import __version__
+from microcae.atomic import atomic_path
+from microcae.errors import MicrocaeError
+
+MODEL_FORMAT = "microcae.cae"
+MODEL_FORMAT_VERSION = "1"
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "cae_default.safetensors"
+"""The model shipped with the package (study architecture, trained on public micrographs)."""
+
+
+@dataclass(frozen=True)
+class CAEConfig:
+    """Architecture of a :class:`CAE`.
+
+    Attributes
+    ----------
+    channels
+        Encoder widths, one per stage (conv k×k + ReLU + 2×2 max-pool). The decoder mirrors them.
+        The study: (64, 32, 16, 8) -> a 256×256 tile becomes a 16×16×8 latent.
+    in_channels
+        Image channels (1 for greyscale micrographs).
+    kernel_size
+        Odd convolution kernel side; 'same' zero padding, stride 1.
+    """
+
+    channels: tuple[int, ...] = (64, 32, 16, 8)
+    in_channels: int = 1
+    kernel_size: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not 1 <= len(self.channels) <= 8 or not all(1 <= c <= 4096 for c in self.channels):
+            raise ValueError(f"channels must be 1..8 widths in 1..4096, got {self.channels}")
+        if not 1 <= self.in_channels <= 4:
+            raise ValueError(f"in_channels must be 1..4, got {self.in_channels}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0 or self.kernel_size > 15:
+            raise ValueError(f"kernel_size must be odd and at most 15, got {self.kernel_size}")
+
+    @property
+    def downsample(self) -> int:
+        """Factor by which each spatial side shrinks from image to latent (16 for the study)."""
+        return 2 ** len(self.channels)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent feature map (8 for the study)."""
+        return self.channels[-1]
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object string."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CAEConfig:
+        """Parse :meth:`to_json` output; raises ``ValueError`` on anything else."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) - {"channels", "in_channels", "kernel_size"}:
+            raise ValueError("unexpected configuration fields")
+        return cls(
+            channels=tuple(data["channels"]),
+            in_channels=int(data["in_channels"]),
+            kernel_size=int(data["kernel_size"]),
+        )
+
+
+def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=1, padding=kernel_size // 2)
+
+
+def build_encoder(config: CAEConfig) -> nn.Sequential:
+    """Encoder: per stage ``Conv2d -> ReLU -> MaxPool2d(2)``; (N,C,H,W) -> (N,c_last,H/2^k,W/2^k)."""
+    layers: list[nn.Module] = []
+    previous = config.in_channels
+    for width in config.channels:
+        layers += [_conv(previous, width, config.kernel_size), nn.ReLU(), nn.MaxPool2d(2)]
+        previous = width
+    return nn.Sequential(*layers)
+
+
+def build_decoder(config: CAEConfig) -> nn.Sequential:
+    """Decoder: per stage ``Upsample(2, nearest) -> Conv2d -> ReLU``, then a linear ``Conv2d``."""
+    layers: list[nn.Module] = []
+    previous = config.latent_channels
+    for width in reversed(config.channels):
+        layers += [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            _conv(previous, width, config.kernel_size),
+            nn.ReLU(),
+        ]
+        previous = width
+    layers.append(_conv(previous, config.in_channels, config.kernel_size))
+    return nn.Sequential(*layers)
+
+
+class CAE(nn.Module):
+    """Convolutional autoencoder of Arumugam & Kiran (2023); ``CAE()`` is the study's network.
+
+    ``encoder`` maps (N, 1, H, W) floats in [0, 1] to (N, 8, H/16, W/16); ``decoder`` maps back.
+    H and W must be multiples of ``config.downsample``. With the default configuration the model
+    has 50,353 parameters and compresses 65,536 pixel values to 2,048 latent values (ratio 32).
+    """
+
+    def __init__(self, config: CAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CAEConfig()
+        self.encoder = build_encoder(self.config)
+        self.decoder = build_decoder(self.config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``x`` (N, C, H, W) -> (N, C, H, W)."""
+        return self.decoder(self.encoder(x))
+
+
+@dataclass
+class ModelFile:
+    """A loaded model and the provenance stored with it."""
+
+    model: CAE
+    provenance: dict[str, Any] = field(default_factory=dict)
+    microcae_version: str = ""
+
+
+def _state_fingerprint(state: dict[str, torch.Tensor], prefix: str, extra: str) -> str:
+    digest = hashlib.sha256(extra.encode("utf-8"))
+    for name in sorted(k for k in state if k.startswith(prefix)):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def decoder_fingerprint(model: CAE) -> str:
+    """SHA-256 (hex) of the decoder's configuration and weights: what a latent file is tied to."""
+    return _state_fingerprint(model.state_dict(), "decoder.", model.config.to_json())
+
+
+def save_model(model: CAE, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+    """Write weights as safetensors with configuration and provenance as JSON metadata.
+
+    Parameters
+    ----------
+    model
+        The autoencoder to save (weights are copied to contiguous CPU float tensors).
+    path
+        Target file; written atomically (temporary file, then rename).
+    provenance
+        JSON-serialisable facts about how the model was made (data manifest hash, epochs, seed,
+        metrics, ...). The package version is added automatically.
+    """
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "config": model.config.to_json(),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+        "microcae_version": __version__,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Load a model saved by :func:`save_model`, never unpickling anything.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is missing, not safetensors, not a microcae model, of a newer format, or
+        its weights do not match its stored configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MicrocaeError(f"{path}: no such model file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise MicrocaeError(f"{path}: not a microcae model (no '{MODEL_FORMAT}' metadata)")
+    if metadata.get("format_version") != MODEL_FORMAT_VERSION:
+        raise MicrocaeError(
+            f"{path}: model format version {metadata.get('format_version')!r} is not supported"
+        )
+    try:
+        config = CAEConfig.from_json(metadata["config"])
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
+    model = CAE(config)
+    expected = model.state_dict()
+    if set(tensors) != set(expected) or any(
+        tensors[k].shape != expected[k].shape or not tensors[k].is_floating_point() for k in expected
+    ):
+        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.eval()
+    return ModelFile(model, provenance, metadata.get("microcae_version", ""))
+
+
+def load_model(path: str | Path | None = None) -> CAE:
+    """Load a :class:`CAE` from a safetensors file (``None``: the bundled model), in eval mode."""
+    return read_model_file(BUNDLED_MODEL if path is None else path).model

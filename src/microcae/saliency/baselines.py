@@ -1,0 +1,1 @@
+"""Baseline relevance methods through Captum and Zennit. Being written."""

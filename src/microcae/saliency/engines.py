@@ -1,0 +1,1 @@
+"""Complex-step, forward- and reverse-mode engines (exact derivatives). Being written."""
