@@ -83,7 +83,10 @@ def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
 
 
 def build_encoder(config: CAEConfig) -> nn.Sequential:
-    """Encoder: per stage ``Conv2d -> ReLU -> MaxPool2d(2)``; (N,C,H,W) -> (N,c_last,H/2^k,W/2^k)."""
+    """Build the encoder: per stage ``Conv2d -> ReLU -> MaxPool2d(2)``.
+
+    Maps (N, C, H, W) to (N, channels[-1], H / 2^k, W / 2^k) for k stages.
+    """
     layers: list[nn.Module] = []
     previous = config.in_channels
     for width in config.channels:
@@ -93,7 +96,7 @@ def build_encoder(config: CAEConfig) -> nn.Sequential:
 
 
 def build_decoder(config: CAEConfig) -> nn.Sequential:
-    """Decoder: per stage ``Upsample(2, nearest) -> Conv2d -> ReLU``, then a linear ``Conv2d``."""
+    """Build the decoder: per stage ``Upsample(2) -> Conv2d -> ReLU``, then a linear conv."""
     layers: list[nn.Module] = []
     previous = config.latent_channels
     for width in reversed(config.channels):
@@ -209,7 +212,8 @@ def read_model_file(path: str | Path) -> ModelFile:
     model = CAE(config)
     expected = model.state_dict()
     if set(tensors) != set(expected) or any(
-        tensors[k].shape != expected[k].shape or not tensors[k].is_floating_point() for k in expected
+        tensors[k].shape != expected[k].shape or not tensors[k].is_floating_point()
+        for k in expected
     ):
         raise MicrocaeError(f"{path}: weights do not match the stored configuration")
     if not all(torch.isfinite(t).all() for t in tensors.values()):

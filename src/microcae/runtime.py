@@ -1,4 +1,4 @@
-"""CPU run-time tuning that makes PyTorch's convolution autoencoder 2-3x faster on this class of machine.
+"""CPU run-time tuning that makes the autoencoder 2-3x faster on small x86-64 machines.
 
 Two facts measured on a 2-core x86-64 machine (see ``benchmarks/train_throughput.py``):
 

@@ -25,8 +25,11 @@ EXIT_USAGE = 2
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="microcae")
 def cli() -> None:
-    """Compress micrographs with a convolutional autoencoder, map what the code depends on
-    (complex-step saliency), and share latents safely."""
+    """Compress micrographs, map what their latent code depends on, and share latents safely.
+
+    microcae compresses greyscale micrographs with a convolutional autoencoder, computes exact
+    complex-step relevance maps of its encoder, and encrypts latents for sharing.
+    """
 
 
 def _register_commands() -> None:

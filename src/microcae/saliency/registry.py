@@ -17,7 +17,7 @@ METHODS: dict[str, RelevanceMethod] = {}
 
 
 def register(name: str) -> Callable[[RelevanceMethod], RelevanceMethod]:
-    """Decorator adding a relevance method to :data:`METHODS` under ``name``."""
+    """Return a decorator that adds a relevance method to :data:`METHODS` under ``name``."""
 
     def add(function: RelevanceMethod) -> RelevanceMethod:
         if name in METHODS:

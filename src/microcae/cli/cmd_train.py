@@ -1,0 +1,51 @@
+"""``microcae train``: fit the CAE to a prepared set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import progress_option
+from microcae.data.dataset import load_dataset
+from microcae.model import CAEConfig
+from microcae.train import TrainSettings, train
+
+
+def _report_epoch(row: dict[str, float]) -> None:
+    click.echo(f"epoch {row['epoch']:.0f}: train MSE {row['train_mse']:.5f}, "
+               f"test MSE {row['test_mse']:.5f} ({row['tiles_per_second']:.1f} tiles/s)")
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False),
+              required=True, help="Model file to write (NAME.safetensors).")
+@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random flips and 90° rotations of training tiles.")
+@click.option("--channels", default="64,32,16,8", show_default=True,
+              help="Encoder widths, comma-separated (decoder mirrors them).")
+@click.option("--resume", is_flag=True,
+              help="Continue from NAME.checkpoint.safetensors after an interrupted run.")
+@progress_option
+def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
+            augment: bool, channels: str, resume: bool, progress: bool) -> None:
+    """Train the autoencoder on DATA (a folder written by 'microcae prepare')."""
+    try:
+        widths = tuple(int(c) for c in channels.split(","))
+        architecture = CAEConfig(channels=widths)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channels") from None
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             augment=augment, model=architecture)
+    result = train(load_dataset(data), out, settings, resume=resume, progress=progress,
+                   on_epoch=_report_epoch)
+    last = result.history[-1]
+    click.echo(f"trained {len(result.history)} epochs: train MSE {last['train_mse']:.5f}, "
+               f"test MSE {last['test_mse']:.5f}")
+    for name, path in result.files.items():
+        click.echo(f"{name}: {path}")

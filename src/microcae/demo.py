@@ -1,0 +1,40 @@
+"""The main job on the bundled samples and model: reconstructions, metrics and saliency maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from microcae.data.images import find_images
+from microcae.figures.reconstruction import plot_reconstructions
+from microcae.model import load_model
+from microcae.reconstruct import reconstruct_files
+from microcae.tables import write_table
+
+SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
+"""Public-licence micrographs shipped with the package (see ATTRIBUTION.md there)."""
+
+
+def run_demo(out_dir: str | Path, model_path: str | Path | None = None,
+             progress: bool = True) -> dict[str, Path]:
+    """Run reconstruction and saliency on the bundled samples with the bundled (or given) model.
+
+    Returns
+    -------
+    dict
+        Name -> path of every file or folder written under ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    model = load_model(model_path)
+    samples = find_images([SAMPLES_DIR])
+    written: dict[str, Path] = {}
+    reconstructions = reconstruct_files(samples, model, out_dir / "reconstructions", progress)
+    rows = [{"image": r.path.name, **r.scores.as_dict()} for r in reconstructions]
+    tables = write_table(rows, out_dir, "reconstruction_metrics")
+    written["metrics table"] = tables["md"]
+    written["reconstructions figure"] = plot_reconstructions(
+        [r.original for r in reconstructions], [r.reconstruction for r in reconstructions],
+        [r.path.stem for r in reconstructions], out_dir / "reconstructions.png",
+        [f"PSNR {r.scores.psnr_db:.1f} dB, SSIM {r.scores.ssim:.3f}" for r in reconstructions],
+    )
+    written["reconstructed images"] = out_dir / "reconstructions"
+    return written
