@@ -73,6 +73,15 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(dataset, tmp_
     assert losses(resumed.history) == losses(reference.history)
 
 
+def test_resume_can_extend_a_finished_run(dataset, tmp_path):
+    reference = train(dataset, tmp_path / "ref.safetensors", SETTINGS, progress=False)
+    out = tmp_path / "run.safetensors"
+    train(dataset, out, TrainSettings(**{**SETTINGS.__dict__, "epochs": 2}), progress=False)
+    extended = train(dataset, out, SETTINGS, resume=True, progress=False)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, extended.model.state_dict()[key]), key
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(dataset, tmp_path):
     out = tmp_path / "run.safetensors"
     train(dataset, out, TrainSettings(epochs=1, batch_size=4, model=CAEConfig(channels=(4, 4))),

@@ -140,8 +140,9 @@ def _side_file(out: Path, suffix: str) -> Path:
 
 
 def _run_identity(settings: TrainSettings, data: PreparedSet) -> str:
-    return json.dumps({"settings": settings.to_dict(), "data": data.manifest_sha256},
-                      sort_keys=True)
+    """What a checkpoint must share with the run resuming it (the epoch count may change)."""
+    fixed = {k: v for k, v in settings.to_dict().items() if k != "epochs"}
+    return json.dumps({"settings": fixed, "data": data.manifest_sha256}, sort_keys=True)
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam, epoch: int,
