@@ -1,0 +1,29 @@
+"""``microcae decode``: latent files -> ``<stem>.png`` images of the original shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import model_option, out_dir_option, progress_option
+from microcae.cli.secret_options import passphrase_option, resolve_secret
+from microcae.codec import decode_files
+from microcae.model import load_model
+
+
+@click.command("decode")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_option
+@out_dir_option
+@click.option("--key", "key_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Key file for encrypted latent files.")
+@passphrase_option
+@progress_option
+def command(files: tuple[Path, ...], model_path: Path | None, out_dir: Path,
+            key_file: Path | None, passphrase: bool, progress: bool) -> None:
+    """Decode latent FILES (or folders of .mcl files) into PNGs in OUT; nothing on error."""
+    secret = resolve_secret(key_file, passphrase, confirm=False)
+    model = load_model(model_path)
+    written = decode_files(model, list(files), out_dir, secret, progress)
+    click.echo(f"{out_dir}: {len(written)} images decoded")

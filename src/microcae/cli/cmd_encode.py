@@ -1,0 +1,36 @@
+"""``microcae encode``: micrographs -> latent files (``<stem>.mcl``), optionally encrypted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
+from microcae.cli.secret_options import passphrase_option, resolve_secret
+from microcae.codec import LATENT_DTYPES, encode_files
+from microcae.model import load_model
+
+
+@click.command("encode")
+@images_argument
+@model_option
+@out_dir_option
+@click.option("--dtype", "latent_dtype", type=click.Choice(list(LATENT_DTYPES)), default="uint8",
+              show_default=True,
+              help="Latent storage: uint8 (per-channel scale/offset), float16 or float32.")
+@click.option("--zstd/--no-zstd", "compress", default=True, show_default=True,
+              help="Lossless zstd stage on the stored latents.")
+@click.option("--encrypt", "key_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Encrypt (AES-256-GCM) with this key file from 'microcae keygen'.")
+@passphrase_option
+@progress_option
+def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path, latent_dtype: str,
+            compress: bool, key_file: Path | None, passphrase: bool, progress: bool) -> None:
+    """Encode IMAGES (files or folders) into one latent file per image in OUT."""
+    secret = resolve_secret(key_file, passphrase, confirm=True)
+    model = load_model(model_path)
+    written = encode_files(model, list(images), out_dir, latent_dtype, compress, secret, progress)
+    total = sum(path.stat().st_size for path in written)
+    click.echo(f"{out_dir}: {len(written)} latent files, {total} bytes"
+               f"{' (encrypted)' if secret else ''}")

@@ -1,0 +1,36 @@
+"""Latent container files: quantisation, tiling of whole micrographs, zstd, encryption.
+
+The public entry points are :func:`encode_image` / :func:`decode_bytes` for one image in memory
+and :func:`encode_files` / :func:`decode_files` for what the command line does. The byte layout
+is specified in ``docs/FORMAT.md``.
+"""
+
+from microcae.codec.container import SUFFIX, LatentHeader, SourceInfo, parse_header
+from microcae.codec.crypto import Secret, generate_key, read_key_file, write_key_file
+from microcae.codec.latent_files import (
+    DecodedImage,
+    decode_bytes,
+    decode_files,
+    encode_files,
+    encode_image,
+    open_latent_file,
+)
+from microcae.codec.quantise import LATENT_DTYPES
+
+__all__ = [
+    "LATENT_DTYPES",
+    "SUFFIX",
+    "DecodedImage",
+    "LatentHeader",
+    "Secret",
+    "SourceInfo",
+    "decode_bytes",
+    "decode_files",
+    "encode_files",
+    "encode_image",
+    "generate_key",
+    "open_latent_file",
+    "parse_header",
+    "read_key_file",
+    "write_key_file",
+]

@@ -1,0 +1,340 @@
+"""The latent container file (format version 1): write and parse, nothing else.
+
+Layout (all integers little-endian; the full specification is ``docs/FORMAT.md``)::
+
+    fixed header   84 bytes   magic, version, flags, types, image and tile geometry,
+                              value scaling, decoder fingerprint, payload length
+    key block      40 bytes   only if encrypted: key kind, key id, nonce, scrypt salt/cost
+    payload        n bytes    quantised latents, optionally zstd-compressed, optionally
+                              AES-256-GCM encrypted (then the 16-byte tag ends it)
+    checksum        4 bytes   only if not encrypted: CRC-32 of every byte before it
+
+The parser checks every field before it allocates anything, so a damaged or hostile file ends
+in :class:`~microcae.errors.MicrocaeError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from microcae.codec import crypto
+from microcae.codec.quantise import LATENT_DTYPES, dequantise, payload_size, quantise
+from microcae.data.tiling import TileGrid
+from microcae.errors import MicrocaeError
+
+MAGIC = b"\x89MCL\r\n\x1a\n"
+"""File signature: a non-ASCII byte, "MCL" (microcae latent), and line-ending bytes that
+reveal text-mode transfer damage (the PNG idea)."""
+FORMAT_VERSION = 1
+SUFFIX = ".mcl"
+
+FLAG_ZSTD = 1
+FLAG_ENCRYPTED = 2
+ZSTD_LEVEL = 19
+
+_FIXED = struct.Struct("<8sBBBBBBHIIddHH32sQ")
+FIXED_HEADER_BYTES = _FIXED.size
+CHECKSUM_BYTES = 4
+MAX_SIDE = 1 << 20
+MAX_PIXELS = 1 << 31
+MAX_PAYLOAD = 1 << 32
+
+_DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3}
+_SCALING_CODES = {"full": 1, "range": 2}
+_SOURCE_CODES = {
+    name: code
+    for code, name in enumerate(
+        ["other", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32",
+         "float64", "bool"]
+    )
+}
+
+
+def _inverse(table: dict[str, int]) -> dict[int, str]:
+    return {code: name for name, code in table.items()}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the decoder needs to know about the original image.
+
+    Attributes
+    ----------
+    shape
+        (H, W) in pixels.
+    source_dtype
+        NumPy dtype name of the stored samples (names outside the format's table become
+        ``"other"``).
+    scaling
+        ``"full"`` or ``"range"`` (see :class:`microcae.data.images.Micrograph`).
+    value_range
+        (low, high) in stored units that was mapped to [0, 1].
+    """
+
+    shape: tuple[int, int]
+    source_dtype: str
+    scaling: str
+    value_range: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class LatentHeader:
+    """The parsed header of a latent file.
+
+    Attributes
+    ----------
+    source
+        The original image's geometry and scaling.
+    tile
+        Tile side in pixels (tiles do not overlap; the border is reflect-padded).
+    latent_channels, latent_side
+        Per tile, the latent is (latent_channels, latent_side, latent_side).
+    latent_dtype
+        Storage type, a key of :data:`microcae.codec.quantise.LATENT_DTYPES`.
+    compressed
+        Whether the payload went through zstd.
+    fingerprint
+        SHA-256 (hex) of the decoder the latents were made for.
+    key_block
+        Encryption parameters, or None for plain files.
+    payload_bytes
+        Stored payload length in bytes (including the GCM tag when encrypted).
+    """
+
+    source: SourceInfo
+    tile: int
+    latent_channels: int
+    latent_side: int
+    latent_dtype: str
+    compressed: bool
+    fingerprint: str
+    key_block: crypto.KeyBlock | None
+    payload_bytes: int
+
+    @property
+    def grid(self) -> TileGrid:
+        """The tile grid over the original image."""
+        return TileGrid(self.source.shape, tile=self.tile, stride=self.tile, remainder="pad")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(T, C, h, w) of the latents for the whole image."""
+        return (len(self.grid), self.latent_channels, self.latent_side, self.latent_side)
+
+    @property
+    def header_bytes(self) -> int:
+        """Bytes before the payload (84, or 124 when encrypted)."""
+        return FIXED_HEADER_BYTES + (crypto.KEY_BLOCK_BYTES if self.key_block else 0)
+
+    @property
+    def file_bytes(self) -> int:
+        """Total file length implied by the header."""
+        trailer = 0 if self.key_block else CHECKSUM_BYTES
+        return self.header_bytes + self.payload_bytes + trailer
+
+
+def _pack_header(header: LatentHeader) -> bytes:
+    source = header.source
+    flags = (FLAG_ZSTD if header.compressed else 0) | (FLAG_ENCRYPTED if header.key_block else 0)
+    fixed = _FIXED.pack(
+        MAGIC, FORMAT_VERSION, flags, _DTYPE_CODES[header.latent_dtype],
+        _SCALING_CODES[source.scaling], _SOURCE_CODES.get(source.source_dtype, 0), 0,
+        header.tile, source.shape[0], source.shape[1], source.value_range[0],
+        source.value_range[1], header.latent_channels, header.latent_side,
+        bytes.fromhex(header.fingerprint), header.payload_bytes,
+    )
+    return fixed + (header.key_block.to_bytes() if header.key_block else b"")
+
+
+def write_container(
+    latents: np.ndarray,
+    source: SourceInfo,
+    tile: int,
+    fingerprint: str,
+    latent_dtype: str = "uint8",
+    compress: bool = True,
+    secret: crypto.Secret | None = None,
+) -> bytes:
+    """Serialise one image's latents into a latent file.
+
+    Parameters
+    ----------
+    latents
+        (T, C, h, w) float latents of the tiles of ``TileGrid(source.shape, tile)`` in row-major
+        tile order, with h == w.
+    source
+        The original image's shape, dtype and scaling.
+    tile
+        Tile side in pixels.
+    fingerprint
+        64 hex characters: :func:`microcae.model.decoder_fingerprint` of the model.
+    latent_dtype
+        ``"float32"``, ``"float16"`` or ``"uint8"``.
+    compress
+        Pass the quantised payload through zstd (level 19).
+    secret
+        Encrypt with this key or passphrase (AES-256-GCM, header as associated data).
+
+    Returns
+    -------
+    bytes
+        The complete file.
+    """
+    if latent_dtype not in LATENT_DTYPES:
+        raise ValueError(f"unknown latent dtype {latent_dtype!r}")
+    if source.scaling not in _SCALING_CODES:
+        raise ValueError(f"unknown scaling {source.scaling!r}")
+    grid = TileGrid(source.shape, tile=tile, stride=tile, remainder="pad")
+    latents = np.asarray(latents)
+    if latents.ndim != 4 or latents.shape[0] != len(grid) or latents.shape[2] != latents.shape[3]:
+        raise ValueError(f"latents of shape {latents.shape} do not fit {len(grid)} square tiles")
+    body = quantise(latents, latent_dtype)
+    if compress:
+        body = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
+    block, key = crypto.new_key_block(secret) if secret is not None else (None, b"")
+    stored = len(body) + (crypto.TAG_BYTES if block else 0)
+    header = LatentHeader(
+        source=source, tile=tile, latent_channels=latents.shape[1], latent_side=latents.shape[2],
+        latent_dtype=latent_dtype, compressed=compress, fingerprint=fingerprint,
+        key_block=block, payload_bytes=stored,
+    )
+    head = _pack_header(header)
+    if block is not None:
+        return head + crypto.seal(key, block.nonce, body, head)
+    data = head + body
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def _check(condition: bool, label: str, what: str) -> None:
+    if not condition:
+        raise MicrocaeError(f"{label}: corrupt header ({what})")
+
+
+def parse_header(data: bytes, label: str) -> LatentHeader:
+    """Parse and validate the header of a latent file held in ``data``.
+
+    Checks the signature, version, every field's range and the file length implied by the
+    header; does not check the checksum or decrypt.
+
+    Raises
+    ------
+    MicrocaeError
+        One line naming ``label`` and what is wrong.
+    """
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        if MAGIC.startswith(data[: len(MAGIC)]) and len(data) < len(MAGIC):
+            raise MicrocaeError(f"{label}: truncated ({len(data)} bytes)")
+        raise MicrocaeError(f"{label}: not a microcae latent file (wrong signature)")
+    if len(data) > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
+        raise MicrocaeError(
+            f"{label}: format version {data[len(MAGIC)]} is not supported "
+            f"(this microcae reads version {FORMAT_VERSION})"
+        )
+    if len(data) < FIXED_HEADER_BYTES:
+        raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, header alone is "
+                            f"{FIXED_HEADER_BYTES})")
+    (_, _, flags, dtype_code, scaling_code, source_code, reserved, tile, height, width, low, high,
+     channels, side, fingerprint, payload) = _FIXED.unpack_from(data)
+    _check(flags & ~(FLAG_ZSTD | FLAG_ENCRYPTED) == 0, label, f"unknown flags {flags:#x}")
+    _check(reserved == 0, label, "reserved byte is not zero")
+    dtypes, scalings, sources = (_inverse(t) for t in (_DTYPE_CODES, _SCALING_CODES,
+                                                       _SOURCE_CODES))
+    _check(dtype_code in dtypes, label, f"unknown latent dtype code {dtype_code}")
+    _check(scaling_code in scalings, label, f"unknown scaling code {scaling_code}")
+    _check(source_code in sources, label, f"unknown source dtype code {source_code}")
+    _check(1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE and height * width <= MAX_PIXELS,
+           label, f"image shape {height}x{width} out of range")
+    _check(bool(np.isfinite(low) and np.isfinite(high) and low < high), label,
+           f"value range ({low}, {high}) is not a finite increasing pair")
+    _check(16 <= tile <= 4096 and 1 <= side <= tile and tile % side == 0
+           and (tile // side) & (tile // side - 1) == 0, label,
+           f"tile {tile} and latent side {side} do not fit")
+    _check(1 <= channels <= 4096, label, f"{channels} latent channels")
+    encrypted = bool(flags & FLAG_ENCRYPTED)
+    block = None
+    if encrypted:
+        if len(data) < FIXED_HEADER_BYTES + crypto.KEY_BLOCK_BYTES:
+            raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, in the key block)")
+        block = crypto.KeyBlock.from_bytes(
+            data[FIXED_HEADER_BYTES : FIXED_HEADER_BYTES + crypto.KEY_BLOCK_BYTES], label
+        )
+    header = LatentHeader(
+        source=SourceInfo((height, width), sources[source_code], scalings[scaling_code],
+                          (float(low), float(high))),
+        tile=tile, latent_channels=channels, latent_side=side, latent_dtype=dtypes[dtype_code],
+        compressed=bool(flags & FLAG_ZSTD), fingerprint=fingerprint.hex(), key_block=block,
+        payload_bytes=payload,
+    )
+    raw = payload_size(header.latent_dtype, header.latent_shape)
+    _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
+    tag = crypto.TAG_BYTES if encrypted else 0
+    _check(payload >= tag and (header.compressed or payload == raw + tag), label,
+           f"payload length {payload} does not match the latent shape")
+    if len(data) < header.file_bytes:
+        raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, the header promises "
+                            f"{header.file_bytes})")
+    if len(data) > header.file_bytes:
+        raise MicrocaeError(f"{label}: {len(data) - header.file_bytes} unexpected bytes after "
+                            "the end of the file")
+    return header
+
+
+def _decompress(body: bytes, expected: int, label: str) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(body)
+        if declared != expected:
+            raise MicrocaeError(f"{label}: corrupt payload (zstd frame declares {declared} bytes, "
+                                f"expected {expected})")
+        out = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected)
+    except zstandard.ZstdError as exc:
+        raise MicrocaeError(f"{label}: corrupt payload (zstd: {exc})") from None
+    if len(out) != expected:
+        raise MicrocaeError(f"{label}: corrupt payload ({len(out)} bytes after zstd, "
+                            f"expected {expected})")
+    return out
+
+
+def read_container(
+    data: bytes, label: str, secret: crypto.Secret | None = None
+) -> tuple[LatentHeader, np.ndarray]:
+    """Parse, verify (checksum or authentication tag) and unpack a latent file.
+
+    Parameters
+    ----------
+    data
+        The whole file.
+    label
+        File name for messages.
+    secret
+        Key or passphrase, needed only for encrypted files.
+
+    Returns
+    -------
+    header, latents
+        The parsed header and (T, C, h, w) float32 latents (dequantised).
+
+    Raises
+    ------
+    MicrocaeError
+        For every kind of damage, a missing or wrong secret, and tampering.
+    """
+    header = parse_header(data, label)
+    start, end = header.header_bytes, header.header_bytes + header.payload_bytes
+    if header.key_block is not None:
+        key = crypto.unlock(secret, header.key_block, label)
+        body = crypto.open_sealed(key, header.key_block.nonce, data[start:end], data[:start],
+                                  label)
+    else:
+        (stored,) = struct.unpack_from("<I", data, end)
+        if zlib.crc32(data[:end]) != stored:
+            raise MicrocaeError(f"{label}: corrupt file (checksum mismatch)")
+        body = data[start:end]
+    raw = payload_size(header.latent_dtype, header.latent_shape)
+    if header.compressed:
+        body = _decompress(body, raw, label)
+    return header, dequantise(body, header.latent_dtype, header.latent_shape, label)

@@ -1,0 +1,246 @@
+"""Keys, passphrases and AES-256-GCM sealing of latent payloads.
+
+A latent file is encrypted with a 256-bit key that comes either from a key file written by
+:func:`write_key_file` (``microcae keygen``) or from a passphrase stretched with scrypt
+(Percival & Josefsson, RFC 7914) and a random per-file salt. The cipher is AES-256-GCM
+(NIST SP 800-38D) from ``cryptography``; the file header is the associated data, so a change
+to any header byte fails authentication just as a change to the ciphertext does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from microcae.errors import MicrocaeError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+SALT_BYTES = 16
+KEY_ID_BYTES = 8
+TAG_BYTES = 16
+KEY_FILE_TITLE = "microcae secret key v1"
+
+SCRYPT_LOG2_N = 15
+"""Default scrypt cost: N = 2**15, r = 8, p = 1 (32 MiB, about 0.1 s per file)."""
+SCRYPT_R = 8
+SCRYPT_P = 1
+_MAX_LOG2_N, _MAX_R, _MAX_P = 20, 32, 16  # bounds on what a file may ask the reader to spend
+
+KIND_KEY_FILE = 1
+KIND_PASSPHRASE = 2
+
+_BLOCK = struct.Struct(f"<B{KEY_ID_BYTES}s{NONCE_BYTES}s{SALT_BYTES}sBBB")
+KEY_BLOCK_BYTES = _BLOCK.size
+"""Size in bytes of a serialised :class:`KeyBlock` (40)."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """What the owner holds: a raw 32-byte key (from a key file) or a passphrase.
+
+    Exactly one of ``key`` and ``passphrase`` is set.
+    """
+
+    key: bytes | None = None
+    passphrase: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.passphrase is None):
+            raise ValueError("give exactly one of key and passphrase")
+        if self.key is not None and len(self.key) != KEY_BYTES:
+            raise ValueError(f"a key has {KEY_BYTES} bytes, got {len(self.key)}")
+        if self.passphrase is not None and not self.passphrase:
+            raise MicrocaeError("the passphrase is empty")
+
+    @property
+    def kind(self) -> int:
+        """:data:`KIND_KEY_FILE` or :data:`KIND_PASSPHRASE`."""
+        return KIND_KEY_FILE if self.key is not None else KIND_PASSPHRASE
+
+
+@dataclass(frozen=True)
+class KeyBlock:
+    """The public encryption parameters stored in a file header.
+
+    Attributes
+    ----------
+    kind
+        :data:`KIND_KEY_FILE` or :data:`KIND_PASSPHRASE`.
+    key_id
+        First 8 bytes of SHA-256 over a domain tag and the key: tells a wrong key from a
+        tampered file without revealing anything useful about the key.
+    nonce
+        12-byte random GCM nonce, fresh for every file.
+    salt
+        16-byte random scrypt salt (zeros for key files).
+    log2_n, r, p
+        scrypt cost parameters (zeros for key files).
+    """
+
+    kind: int
+    key_id: bytes
+    nonce: bytes
+    salt: bytes = bytes(SALT_BYTES)
+    log2_n: int = 0
+    r: int = 0
+    p: int = 0
+
+    def to_bytes(self) -> bytes:
+        """Serialise to :data:`KEY_BLOCK_BYTES` bytes (layout in ``docs/FORMAT.md``)."""
+        return _BLOCK.pack(
+            self.kind, self.key_id, self.nonce, self.salt, self.log2_n, self.r, self.p
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, label: str) -> KeyBlock:
+        """Parse and validate :meth:`to_bytes` output; raise :class:`MicrocaeError` otherwise."""
+        kind, key_id, nonce, salt, log2_n, r, p = _BLOCK.unpack(data)
+        if kind == KIND_KEY_FILE:
+            if salt != bytes(SALT_BYTES) or (log2_n, r, p) != (0, 0, 0):
+                raise MicrocaeError(f"{label}: corrupt header (key-file block with scrypt fields)")
+        elif kind == KIND_PASSPHRASE:
+            if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
+                raise MicrocaeError(f"{label}: corrupt header (scrypt parameters out of range)")
+        else:
+            raise MicrocaeError(f"{label}: corrupt header (unknown key kind {kind})")
+        return cls(kind, key_id, nonce, salt, log2_n, r, p)
+
+
+def generate_key() -> bytes:
+    """Return 32 bytes from the operating system's cryptographic random source."""
+    return os.urandom(KEY_BYTES)
+
+
+def key_id(key: bytes) -> bytes:
+    """8-byte identifier of a 32-byte key (SHA-256 with a domain-separation prefix)."""
+    return hashlib.sha256(b"microcae key id\x00" + key).digest()[:KEY_ID_BYTES]
+
+
+def write_key_file(path: str | Path, key: bytes, overwrite: bool = False) -> Path:
+    """Write ``key`` as a two-line text file readable only by its owner (mode 0600).
+
+    Parameters
+    ----------
+    path
+        Target file, written atomically.
+    key
+        32 bytes, e.g. from :func:`generate_key`.
+    overwrite
+        Replace an existing file; otherwise an existing file is an error (keys are not
+        replaced by accident: files encrypted with the old key would be lost).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MicrocaeError(f"{path}: already exists (a key is never replaced; use --force)")
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a key has {KEY_BYTES} bytes, got {len(key)}")
+    text = f"{KEY_FILE_TITLE}\n{base64.b64encode(key).decode('ascii')}\n"
+    # Not atomic_path: that one widens the mode to the umask's before the rename. Here the file
+    # is 0600 (mkstemp) from creation to rename, so the key is never readable by others.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """Read a key written by :func:`write_key_file`.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is missing or is not a microcae key file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MicrocaeError(f"{path}: no such key file")
+    lines = path.read_bytes()[:4096].decode("ascii", errors="replace").strip().splitlines()
+    if len(lines) != 2 or lines[0].strip() != KEY_FILE_TITLE:
+        raise MicrocaeError(f"{path}: not a microcae key file (make one with 'microcae keygen')")
+    try:
+        key = base64.b64decode(lines[1].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MicrocaeError(f"{path}: corrupt key file (bad base64)") from None
+    if len(key) != KEY_BYTES:
+        raise MicrocaeError(f"{path}: corrupt key file ({len(key)} bytes instead of {KEY_BYTES})")
+    return key
+
+
+def _scrypt(passphrase: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    kdf = Scrypt(salt=salt, length=KEY_BYTES, n=2**log2_n, r=r, p=p)
+    return kdf.derive(passphrase.encode("utf-8"))
+
+
+def new_key_block(secret: Secret, log2_n: int = SCRYPT_LOG2_N) -> tuple[KeyBlock, bytes]:
+    """Make fresh encryption parameters for one file.
+
+    Parameters
+    ----------
+    secret
+        The owner's key or passphrase.
+    log2_n
+        scrypt cost exponent for passphrases (ignored for keys).
+
+    Returns
+    -------
+    block, key
+        The header's :class:`KeyBlock` (random nonce, and salt for passphrases) and the
+        32-byte AES key to encrypt with.
+    """
+    nonce = os.urandom(NONCE_BYTES)
+    if secret.key is not None:
+        return KeyBlock(KIND_KEY_FILE, key_id(secret.key), nonce), secret.key
+    salt = os.urandom(SALT_BYTES)
+    key = _scrypt(secret.passphrase or "", salt, log2_n, SCRYPT_R, SCRYPT_P)
+    return KeyBlock(KIND_PASSPHRASE, key_id(key), nonce, salt, log2_n, SCRYPT_R, SCRYPT_P), key
+
+
+def unlock(secret: Secret | None, block: KeyBlock, label: str) -> bytes:
+    """Return the AES key for a file, or explain in one line why ``secret`` cannot open it."""
+    wanted = "--passphrase" if block.kind == KIND_PASSPHRASE else "--key KEYFILE"
+    if secret is None:
+        raise MicrocaeError(f"{label}: the file is encrypted; give {wanted}")
+    if secret.kind != block.kind:
+        raise MicrocaeError(f"{label}: the file was encrypted with a "
+                            f"{'passphrase' if block.kind == KIND_PASSPHRASE else 'key file'}; "
+                            f"give {wanted}")
+    if secret.key is not None:
+        key = secret.key
+    else:
+        key = _scrypt(secret.passphrase or "", block.salt, block.log2_n, block.r, block.p)
+    if key_id(key) != block.key_id:
+        what = "passphrase" if block.kind == KIND_PASSPHRASE else "key"
+        raise MicrocaeError(f"{label}: wrong {what} (the file was encrypted with another one)")
+    return key
+
+
+def seal(key: bytes, nonce: bytes, plaintext: bytes, header: bytes) -> bytes:
+    """AES-256-GCM encrypt ``plaintext``; returns ciphertext followed by the 16-byte tag."""
+    return AESGCM(key).encrypt(nonce, plaintext, header)
+
+
+def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, header: bytes, label: str) -> bytes:
+    """Decrypt and authenticate :func:`seal` output together with its ``header``."""
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, header)
+    except InvalidTag:
+        raise MicrocaeError(
+            f"{label}: authentication failed: the file was tampered with or is corrupt"
+        ) from None

@@ -1,0 +1,134 @@
+"""Comparison figures: the study's Fig. 11 layout and deletion/insertion curves per method."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter
+
+from microcae.figures.style import new_figure
+
+SMOOTHING_SIGMA = 1.0
+"""Gaussian smoothing (px) applied to a relevance map before drawing, as in the study."""
+COLOUR_MAP = "bwr"
+"""Blue-white-red: red = high relevance."""
+
+_TITLES = {
+    "complex-step": "complex-step",
+    "gbp": "GBP",
+    "lrp-w2": "LRP-w²",
+    "lrp-zbeta": "LRP-β",
+    "gradient": "gradient",
+    "integrated-gradients": "integrated gradients",
+    "sobel-edges": "Sobel edges (control)",
+    "random": "random (control)",
+}
+
+
+def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
+    """Colour range of one map: its own min..max, or symmetric about 0 if it has both signs.
+
+    Parameters
+    ----------
+    smoothed
+        (H, W) map as drawn.
+
+    Returns
+    -------
+    tuple[float, float]
+        ``(vmin, vmax)``; for signed maps ``(-m, m)`` with ``m = max |map|``, so white is 0.
+    """
+    low, high = float(np.min(smoothed)), float(np.max(smoothed))
+    if low < 0 < high:
+        bound = max(-low, high)
+        return -bound, bound
+    return low, high if high > low else low + 1.0
+
+
+def comparison_figure(
+    tile: np.ndarray, maps: Mapping[str, np.ndarray], title: str | None = None
+) -> Figure:
+    """Fig. 11 layout: the input tile, then one panel per method with its own colour scale.
+
+    Parameters
+    ----------
+    tile
+        (H, W) input intensities in [0, 1].
+    maps
+        Method name -> (H, W) raw relevance, drawn in the given order (the study's order:
+        complex-step, GBP, LRP-w², LRP-β) after Gaussian smoothing with σ = 1 px.
+    title
+        Optional figure title (e.g. the image name).
+
+    Returns
+    -------
+    Figure
+        A row of ``1 + len(maps)`` panels with a colour bar under every map.
+
+    References
+    ----------
+    Arumugam & Kiran (2023), complex-step CAE study, Fig. 11.
+    """
+    figure = new_figure(2.6 * (1 + len(maps)), 3.2)
+    axes = figure.subplots(1, 1 + len(maps), squeeze=False)[0]
+    axes[0].imshow(tile, cmap="gray", vmin=0.0, vmax=1.0)
+    axes[0].set_title("input")
+    for axis, (name, raw) in zip(axes[1:], maps.items(), strict=True):
+        smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
+        vmin, vmax = colour_limits(smoothed)
+        image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
+        axis.set_title(_TITLES.get(name, name))
+        bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05, pad=0.04)
+        bar.ax.tick_params(labelsize=6)
+        bar.ax.locator_params(nbins=4)
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """Mean deletion and insertion curves of every method, latent change and reconstruction MSE.
+
+    Parameters
+    ----------
+    fractions
+        (S + 1,) share of pixels changed.
+    curves
+        Method -> ``{"deletion_latent", "insertion_latent", "deletion_mse", "insertion_mse"}`` ->
+        (T, S + 1) curves over T tiles; the mean over tiles is drawn.
+
+    Returns
+    -------
+    Figure
+        2 × 2 panels (rows: latent change, reconstruction MSE; columns: deletion, insertion).
+
+    References
+    ----------
+    Samek et al. (2017), IEEE TNNLS 28(11); Petsiuk, Das & Saenko (2018), RISE, BMVC.
+    """
+    figure = new_figure(9.0, 7.0)
+    figure.set_layout_engine("constrained")
+    axes = figure.subplots(2, 2, sharex=True)
+    panels = (
+        ("deletion_latent", "deletion (higher area better)", "||f(x')-f(x)|| / ||f(x)||"),
+        ("insertion_latent", "insertion (lower area better)", "||f(x')-f(x)|| / ||f(x)||"),
+        ("deletion_mse", "deletion (higher area better)", "reconstruction MSE vs original"),
+        ("insertion_mse", "insertion (lower area better)", "reconstruction MSE vs original"),
+    )
+    for axis, (key, title, label) in zip(axes.ravel(), panels, strict=True):
+        for method, per_method in curves.items():
+            style = ":" if method in ("random", "sobel-edges") else "-"
+            axis.plot(fractions, np.mean(per_method[key], axis=0), style,
+                      label=_TITLES.get(method, method))
+        axis.set_title(title, fontsize=9)
+        axis.set_ylabel(label, fontsize=8)
+        axis.grid(alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("fraction of pixels changed (most relevant first)")
+    axes[0, 0].legend(fontsize=7)
+    return figure

@@ -1,0 +1,44 @@
+"""Rate–distortion plot: PSNR and SSIM against bits per pixel, CAE points over codec curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from microcae.figures.style import new_figure, save_figure
+
+_MARKERS = {"float32": "o", "float16": "s", "uint8": "D"}
+
+
+def plot_rate_distortion(report: dict, path: str | Path) -> Path:
+    """Draw a :func:`microcae.metrics.rate_distortion.rate_distortion` report.
+
+    Parameters
+    ----------
+    report
+        The report dictionary (as written to ``rd.json``).
+    path
+        Output PNG, written atomically.
+
+    Returns
+    -------
+    Path
+        ``path``. Two panels share a logarithmic bpp axis: mean PSNR (dB) and mean SSIM.
+    """
+    figure = new_figure(9.0, 3.6)
+    for column, (key, label) in enumerate((("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))):
+        axes = figure.add_subplot(1, 2, column + 1)
+        for name, points in report["curves"].items():
+            axes.plot([p["bpp"] for p in points], [p[key] for p in points], "-", lw=1.2,
+                      label=name)
+        for cae in report["cae"]:
+            axes.plot(cae["bpp"], cae[key], _MARKERS.get(cae["latent_dtype"], "o"),
+                      color="black", mfc="black" if cae["zstd"] else "white",
+                      label=f"CAE {cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}")
+        axes.set_xscale("log")
+        axes.set_xlabel("bits per pixel (file size, headers included)")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+        if column == 0:
+            axes.legend(fontsize=6, loc="upper left")
+    figure.suptitle(f"Rate–distortion, {report['tiles']} tiles", fontsize=9)
+    return save_figure(figure, path)

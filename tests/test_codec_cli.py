@@ -1,0 +1,112 @@
+"""``microcae keygen / encode / decode`` in-process: outputs, errors, nothing written on error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_micrograph, write_png
+from PIL import Image
+
+from microcae.cli import main
+from microcae.codec import decode_bytes
+from microcae.model import CAE, CAEConfig, load_model, save_model
+
+
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("microcae: error: ")
+    return err[0]
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "raw"
+    write_png(folder / "a.png", synthetic_micrograph(45, 71, seed=1))
+    write_png(folder / "sub" / "b.png", synthetic_micrograph(300, 20, seed=2))
+    return folder
+
+
+def _encode(tmp_path, images, model, *extra: str) -> list:
+    out = tmp_path / "lat"
+    assert main(["encode", str(images), "-m", str(model), "-o", str(out), "--no-progress",
+                 *extra]) == 0
+    return sorted(out.glob("*.mcl"))
+
+
+def test_encode_decode_round_trip_folder(tmp_path, images, tiny_model_file, capsys):
+    files = _encode(tmp_path, images, tiny_model_file)
+    assert [f.name for f in files] == ["a.mcl", "b.mcl"]
+    assert "2 latent files" in capsys.readouterr().out
+    out = tmp_path / "dec"
+    assert main(["decode", str(tmp_path / "lat"), "-m", str(tiny_model_file), "-o", str(out),
+                 "--no-progress"]) == 0
+    model = load_model(tiny_model_file)
+    for name, shape in (("a", (45, 71)), ("b", (300, 20))):
+        written = np.asarray(Image.open(out / f"{name}.png"))
+        assert written.shape == shape and written.dtype == np.uint8
+        expected = decode_bytes(model, (tmp_path / "lat" / f"{name}.mcl").read_bytes(), name)
+        np.testing.assert_array_equal(written, expected.stored)
+
+
+def test_keygen_encrypt_decode_and_key_errors(tmp_path, images, tiny_model_file, capsys):
+    key, other = tmp_path / "k.key", tmp_path / "other.key"
+    assert main(["keygen", str(key)]) == 0 and main(["keygen", str(other)]) == 0
+    assert "already exists" in _one_line_error(capsys, main(["keygen", str(key)]))
+    files = _encode(tmp_path, images, tiny_model_file, "--encrypt", str(key), "--dtype", "float16")
+    out = tmp_path / "dec"
+    base = ["decode", *map(str, files), "-m", str(tiny_model_file), "-o", str(out),
+            "--no-progress"]
+    assert "is encrypted; give --key" in _one_line_error(capsys, main(base))
+    assert "wrong key" in _one_line_error(capsys, main([*base, "--key", str(other)]))
+    assert not out.exists()
+    assert main([*base, "--key", str(key)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
+def test_passphrase_from_environment(tmp_path, images, tiny_model_file, capsys, monkeypatch):
+    monkeypatch.setenv("MICROCAE_PASSPHRASE", "s3cret words")
+    files = _encode(tmp_path, images, tiny_model_file, "--passphrase")
+    out = tmp_path / "dec"
+    base = ["decode", *map(str, files), "-m", str(tiny_model_file), "-o", str(out),
+            "--no-progress"]
+    monkeypatch.setenv("MICROCAE_PASSPHRASE", "s3cret word")
+    assert "wrong passphrase" in _one_line_error(capsys, main([*base, "--passphrase"]))
+    monkeypatch.setenv("MICROCAE_PASSPHRASE", "s3cret words")
+    assert main([*base, "--passphrase"]) == 0 and (out / "a.png").exists()
+
+
+def test_wrong_decoder_truncation_and_tampering_write_nothing(tmp_path, images, tiny_model_file,
+                                                              capsys):
+    files = _encode(tmp_path, images, tiny_model_file)
+    torch.manual_seed(99)
+    other_model = tmp_path / "other.safetensors"
+    save_model(CAE(CAEConfig(channels=(4, 4))), other_model)
+    out = tmp_path / "dec"
+
+    def decode(paths, model=tiny_model_file) -> str:
+        rc = main(["decode", *map(str, paths), "-m", str(model), "-o", str(out), "--no-progress"])
+        return _one_line_error(capsys, rc)
+
+    assert "made for another decoder" in decode(files, other_model)
+    data = files[1].read_bytes()
+    cut = tmp_path / "cut.mcl"
+    cut.write_bytes(data[:-7])
+    assert "cut.mcl: truncated" in decode([files[0], cut])
+    flipped = tmp_path / "flip.mcl"
+    flipped.write_bytes(data[:100] + bytes([data[100] ^ 4]) + data[101:])
+    assert "flip.mcl: corrupt file (checksum mismatch)" in decode([files[0], flipped])
+    assert "not a microcae latent file" in decode([images / "a.png"])
+    assert not out.exists()
+
+
+def test_encode_errors_write_nothing(tmp_path, images, tiny_model_file, capsys):
+    (images / "c.png").write_bytes(b"not an image")
+    out = tmp_path / "lat"
+    rc = main(["encode", str(images), "-m", str(tiny_model_file), "-o", str(out), "--no-progress"])
+    assert "not a readable image" in _one_line_error(capsys, rc)
+    rc = main(["encode", str(images / "a.png"), "-m", str(tiny_model_file), "-o", str(out),
+               "--encrypt", str(tmp_path / "k.key"), "--passphrase"])
+    assert "not both" in _one_line_error(capsys, rc)
+    assert not out.exists()
