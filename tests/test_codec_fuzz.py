@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from microcae.codec import Secret
@@ -87,6 +87,7 @@ def test_random_bytes_are_refused(data):
 
 
 @settings(max_examples=400, deadline=None)
+@example(dtype="uint8", compress=True, edits=[(125, 124)])  # found: float32 overflow on dequantise
 @given(
     dtype=st.sampled_from(["float32", "float16", "uint8"]),
     compress=st.booleans(),

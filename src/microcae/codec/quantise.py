@@ -20,6 +20,7 @@ LATENT_DTYPES: dict[str, int] = {"float32": 4, "float16": 2, "uint8": 1}
 """Storage type name -> bytes per latent value (the registry behind ``--dtype``)."""
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def params_size(dtype: str, channels: int) -> int:
@@ -111,7 +112,8 @@ def dequantise(
         values = offset[None, :, None, None] + codes * scale[None, :, None, None]
     else:
         values = np.frombuffer(payload, "<f4" if dtype == "float32" else "<f2").reshape(shape)
-    latents = np.asarray(values, dtype=np.float32)
-    if not np.all(np.isfinite(latents)):
-        raise MicrocaeError(f"{label}: corrupt payload (latent values are not finite)")
-    return latents
+    if not np.all(np.isfinite(values)) or (
+        values.size and float(np.abs(values).max()) > _FLOAT32_MAX
+    ):
+        raise MicrocaeError(f"{label}: corrupt payload (latent values are not finite float32)")
+    return np.asarray(values, dtype=np.float32)
