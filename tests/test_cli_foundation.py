@@ -90,3 +90,7 @@ def test_demo_writes_figure_and_metrics(tmp_path, capsys, tiny_model_file):
     assert "reconstructions figure" in out
     rows = json.loads((tmp_path / "d" / "reconstruction_metrics.json").read_text())
     assert {r["image"] for r in rows} >= {"aisi1045_core.png", "zr_hydride_10.png"}
+    methods = {r["method"] for r in json.loads(
+        (tmp_path / "d" / "comparison" / "comparison.json").read_text())["summary"]}
+    assert {"complex-step", "gbp", "lrp-w2", "lrp-zbeta"} <= methods
+    assert (tmp_path / "d" / "comparison" / "aisi1045_core.comparison.png").exists()

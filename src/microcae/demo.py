@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from microcae.compare import compare_images, write_comparison
 from microcae.data.images import find_images
 from microcae.figures.reconstruction import plot_reconstructions
 from microcae.model import load_model
@@ -12,11 +13,13 @@ from microcae.tables import write_table
 
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
 """Public-licence micrographs shipped with the package (see ATTRIBUTION.md there)."""
+COMPARISON_SAMPLE = "aisi1045_core.png"
+"""The sample whose first tile the demo compares across relevance methods (ferrite-pearlite)."""
 
 
 def run_demo(out_dir: str | Path, model_path: str | Path | None = None,
              progress: bool = True) -> dict[str, Path]:
-    """Run reconstruction and saliency on the bundled samples with the bundled (or given) model.
+    """Run reconstruction, saliency and the method comparison on the bundled samples.
 
     Returns
     -------
@@ -37,4 +40,9 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None,
         [f"PSNR {r.scores.psnr_db:.1f} dB, SSIM {r.scores.ssim:.3f}" for r in reconstructions],
     )
     written["reconstructed images"] = out_dir / "reconstructions"
+    comparison = compare_images(model, [SAMPLES_DIR / COMPARISON_SAMPLE], tiles_per_image=1,
+                                sanity_check=False, progress=progress)
+    files = write_comparison(comparison, out_dir / "comparison")
+    written["method comparison figure"] = files[f"figure:{Path(COMPARISON_SAMPLE).stem}"]
+    written["method comparison table"] = files["markdown"]
     return written
