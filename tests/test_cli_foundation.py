@@ -94,3 +94,5 @@ def test_demo_writes_figure_and_metrics(tmp_path, capsys, tiny_model_file):
         (tmp_path / "d" / "comparison" / "comparison.json").read_text())["summary"]}
     assert {"complex-step", "gbp", "lrp-w2", "lrp-zbeta"} <= methods
     assert (tmp_path / "d" / "comparison" / "aisi1045_core.comparison.png").exists()
+    relevance = np.load(tmp_path / "d" / "saliency" / "zr_hydride_10.relevance.npy")
+    assert relevance.shape == (371, 373) and relevance.dtype == np.float32

@@ -7,6 +7,7 @@ from pathlib import Path
 from microcae.compare import compare_images, write_comparison
 from microcae.data.images import find_images
 from microcae.figures.reconstruction import plot_reconstructions
+from microcae.figures.saliency import saliency_files
 from microcae.model import load_model
 from microcae.reconstruct import reconstruct_files
 from microcae.tables import write_table
@@ -40,6 +41,10 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None,
         [f"PSNR {r.scores.psnr_db:.1f} dB, SSIM {r.scores.ssim:.3f}" for r in reconstructions],
     )
     written["reconstructed images"] = out_dir / "reconstructions"
+    maps = saliency_files(samples, model.encoder, out_dir / "saliency", method="vjp",
+                          progress=progress)
+    written["saliency maps (complex-step relevance, exact, via vjp)"] = out_dir / "saliency"
+    written["saliency figure"] = maps[0].figure
     comparison = compare_images(model, [SAMPLES_DIR / COMPARISON_SAMPLE], tiles_per_image=1,
                                 sanity_check=False, progress=progress)
     files = write_comparison(comparison, out_dir / "comparison")

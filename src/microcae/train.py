@@ -5,6 +5,14 @@ in the order of a permutation drawn from a generator seeded with ``(seed, e)`` (
 optional flips/rotations). A checkpoint written at the end of every epoch holds the weights and the
 Adam state, so a run killed at any point and resumed with ``--resume`` ends with the same weights
 as an uninterrupted run on the same machine and thread count.
+
+Data parallelism: under ``torchrun --nproc_per_node N`` every process walks the same permutation,
+takes its contiguous share of each global batch of ``batch_size`` tiles (see
+:meth:`microcae.distributed.ProcessGroup.shard`) and trains a ``DistributedDataParallel`` copy of
+the model whose loss is scaled so that the averaged gradient is that of the global batch's mean
+loss. The run therefore follows the single-process one up to floating-point rounding. Rank 0
+alone logs, checkpoints and writes the model; all ranks read the checkpoint on ``--resume``, so
+the output folder must be on a file system that every node sees.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from microcae import __version__
 from microcae.atomic import atomic_path, write_text_atomic
 from microcae.data.dataset import PreparedSet
+from microcae.distributed import ProcessGroup, process_group
 from microcae.errors import MicrocaeError
 from microcae.model import CAE, CAEConfig, save_model
 from microcae.runtime import configure_allocator, to_channels_last
@@ -69,11 +79,16 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """What a run produced: the model, per-epoch history and the files written."""
+    """What a run produced: the model, per-epoch history and the files written.
+
+    ``rank`` is the process's rank under ``torchrun`` (0 otherwise); only rank 0 writes the files
+    and keeps the history.
+    """
 
     model: CAE
     history: list[dict[str, float]]
     files: dict[str, Path]
+    rank: int = 0
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Adam:
@@ -91,6 +106,32 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     loss.backward()
     optimizer.step()
     return float(loss.detach())
+
+
+def shard_step(model: nn.Module, optimizer: torch.optim.Optimizer, shard: torch.Tensor,
+               global_tiles: int, world_size: int) -> float:
+    """One Adam step of data-parallel training on this process's ``shard`` of a global batch.
+
+    Parameters
+    ----------
+    model
+        The ``DistributedDataParallel`` model (it averages gradients over the ranks).
+    shard
+        (b, 1, H, W) tiles of this rank; b may be 0.
+    global_tiles, world_size
+        Tiles in the global batch (over all ranks) and the number of ranks.
+
+    Returns
+    -------
+    float
+        Summed squared error of the shard divided by H·W (the sum of its tiles' MSEs).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    pixels = shard.shape[-2] * shard.shape[-1]
+    summed = (model(shard) - shard).pow(2).sum()
+    (summed * (world_size / (global_tiles * pixels))).backward()
+    optimizer.step()
+    return float(summed.detach()) / pixels
 
 
 def epoch_order(n_tiles: int, seed: int, epoch: int) -> np.ndarray:
@@ -115,6 +156,31 @@ def batch_tensor(tiles: np.ndarray, indices: np.ndarray) -> torch.Tensor:
     return to_channels_last(torch.from_numpy(gathered)[:, None])
 
 
+def _epoch_losses(model: nn.Module, optimizer: torch.optim.Adam, data: PreparedSet,
+                  order: np.ndarray, settings: TrainSettings, epoch: int, group: ProcessGroup,
+                  progress: bool) -> float:
+    """Train one epoch over tile indices ``order``; return the summed per-tile MSE of all ranks."""
+    steps = math.ceil(len(order) / settings.batch_size)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="step",
+               disable=not (progress and group.is_main), leave=False)
+    total, seen = 0.0, 0
+    for step in bar:
+        chosen = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+        tiles = np.ascontiguousarray(data.tiles[np.sort(chosen)], dtype=np.float32)
+        if settings.augment:
+            tiles = augment_batch(tiles, settings.seed, epoch, step)
+        tiles = tiles[group.shard(len(tiles))]
+        batch = to_channels_last(torch.from_numpy(np.ascontiguousarray(tiles))[:, None])
+        batch = batch.to(group.device)
+        if group.distributed:
+            total += shard_step(model, optimizer, batch, len(chosen), group.world_size)
+        else:
+            total += train_step(model, optimizer, batch) * len(chosen)
+        seen += len(chosen)
+        bar.set_postfix(mse=f"{total * group.world_size / seen:.5f}")
+    return group.all_sum(total)
+
+
 @torch.no_grad()
 def evaluate_mse(model: nn.Module, tiles: np.ndarray, indices: np.ndarray,
                  batch_size: int = 16) -> float:
@@ -124,8 +190,9 @@ def evaluate_mse(model: nn.Module, tiles: np.ndarray, indices: np.ndarray,
     was_training = model.training
     model.eval()
     total = 0.0
+    device = next(model.parameters()).device
     for start in range(0, len(indices), batch_size):
-        batch = batch_tensor(tiles, indices[start : start + batch_size])
+        batch = batch_tensor(tiles, indices[start : start + batch_size]).to(device)
         total += float(nn.functional.mse_loss(model(batch), batch, reduction="sum"))
     model.train(was_training)
     return total / (len(indices) * tiles.shape[1] * tiles.shape[2])
@@ -140,7 +207,7 @@ def _side_file(out: Path, suffix: str) -> Path:
 
 
 def _run_identity(settings: TrainSettings, data: PreparedSet) -> str:
-    """What a checkpoint must share with the run resuming it (the epoch count may change)."""
+    """Describe what a checkpoint must share with the run resuming it (not the epoch count)."""
     fixed = {k: v for k, v in settings.to_dict().items() if k != "epochs"}
     return json.dumps({"settings": fixed, "data": data.manifest_sha256}, sort_keys=True)
 
@@ -148,11 +215,12 @@ def _run_identity(settings: TrainSettings, data: PreparedSet) -> str:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam, epoch: int,
                     history: list[dict[str, float]], identity: str) -> None:
     """Write weights, Adam moments and progress to a safetensors checkpoint, atomically."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     steps = {}
     for index, state in optimizer.state_dict()["state"].items():
-        tensors[f"adam.{index}.exp_avg"] = state["exp_avg"].contiguous()
-        tensors[f"adam.{index}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
+        tensors[f"adam.{index}.exp_avg"] = state["exp_avg"].cpu().contiguous()
+        tensors[f"adam.{index}.exp_avg_sq"] = state["exp_avg_sq"].cpu().contiguous()
         steps[str(index)] = float(state["step"])
     metadata = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "identity": identity,
                 "history": json.dumps(history), "adam_steps": json.dumps(steps)}
@@ -230,12 +298,20 @@ def train(
     Returns
     -------
     TrainResult
-        The trained model (eval mode), per-epoch history and paths of written files.
+        The trained model (eval mode, on the CPU), per-epoch history and paths of written files.
+        Under ``torchrun`` every rank returns the same weights, but only rank 0 writes the files,
+        calls ``on_epoch`` and has the history (empty on the other ranks).
     """
+    with process_group() as group:
+        return _train(data, Path(out), settings or TrainSettings(), resume, progress, on_epoch,
+                      group)
+
+
+def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, progress: bool,
+           on_epoch: Callable[[dict[str, float]], None] | None,
+           group: ProcessGroup) -> TrainResult:
     from microcae.figures.training import plot_loss_curve
 
-    settings = settings or TrainSettings()
-    out = Path(out)
     configure_allocator()
     train_idx, test_idx = data.indices("train"), data.indices("test")
     if len(train_idx) == 0:
@@ -244,7 +320,7 @@ def train(
         raise MicrocaeError(f"tile side {data.tiles.shape[1]} is not a multiple of "
                             f"{settings.model.downsample}")
     torch.manual_seed(settings.seed)
-    model = to_channels_last(CAE(settings.model))
+    model = to_channels_last(CAE(settings.model)).to(group.device)
     optimizer = make_optimizer(model, settings)
     identity = _run_identity(settings, data)
     checkpoint = _checkpoint_path(out)
@@ -253,24 +329,19 @@ def train(
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, identity)
     elif not resume and checkpoint.exists():
         raise MicrocaeError(f"{checkpoint}: a checkpoint exists; use --resume or delete it")
-    steps_per_epoch = math.ceil(len(train_idx) / settings.batch_size)
+    stepped: nn.Module = model
+    if group.distributed:
+        stepped = DistributedDataParallel(
+            model, device_ids=[group.device] if group.device.type == "cuda" else None)
     for epoch in range(start_epoch, settings.epochs):
         model.train()
         started = time.perf_counter()
         order = train_idx[epoch_order(len(train_idx), settings.seed, epoch)]
-        losses: list[float] = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}",
-                   unit="step", disable=not progress, leave=False)
-        for step in bar:
-            chosen = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            tiles = np.ascontiguousarray(data.tiles[np.sort(chosen)], dtype=np.float32)
-            if settings.augment:
-                tiles = augment_batch(tiles, settings.seed, epoch, step)
-            batch = to_channels_last(torch.from_numpy(np.ascontiguousarray(tiles))[:, None])
-            losses.append(train_step(model, optimizer, batch) * len(chosen))
-            bar.set_postfix(mse=f"{sum(losses) / ((step * settings.batch_size) + len(chosen)):.5f}")
+        summed = _epoch_losses(stepped, optimizer, data, order, settings, epoch, group, progress)
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch + 1, "train_mse": sum(losses) / len(train_idx),
+        if not group.is_main:
+            continue
+        row = {"epoch": epoch + 1, "train_mse": summed / len(train_idx),
                "test_mse": evaluate_mse(model, data.tiles, test_idx), "seconds": seconds,
                "tiles_per_second": len(train_idx) / seconds}
         history.append(row)
@@ -278,8 +349,13 @@ def train(
         if on_epoch:
             on_epoch(row)
     model.eval()
+    files = {"model": out, "checkpoint": checkpoint, "log_csv": _side_file(out, ".train.csv"),
+             "log_json": _side_file(out, ".train.json"), "loss_png": _side_file(out, ".loss.png")}
+    if not group.is_main:
+        return TrainResult(model.cpu(), [], files, group.rank)
     final = {"train_mse": evaluate_mse(model, data.tiles, train_idx),
              "test_mse": evaluate_mse(model, data.tiles, test_idx)}
+    model = model.cpu()
     provenance = {
         "trained_with": f"microcae {__version__}, torch {torch.__version__}",
         "data": {"path": str(data.path), "manifest_sha256": data.manifest_sha256,
@@ -290,10 +366,9 @@ def train(
         "final_eval_mse": final,
         "history": history,
         "threads": torch.get_num_threads(),
+        "processes": group.world_size,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    files = {"model": out, "checkpoint": checkpoint, "log_csv": _side_file(out, ".train.csv"),
-             "log_json": _side_file(out, ".train.json"), "loss_png": _side_file(out, ".loss.png")}
     save_model(model, out, provenance)
     write_history(history, files["log_csv"], files["log_json"])
     plot_loss_curve(history, files["loss_png"])

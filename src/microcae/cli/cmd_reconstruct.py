@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
+from microcae.batch.scheduling import run_tasks
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
 from microcae.figures.reconstruction import plot_reconstructions
@@ -21,12 +23,19 @@ FIGURE_COLUMNS = 6
 @model_option
 @out_dir_option
 @progress_option
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Reconstruct the images on this Dask cluster (tcp://host:8786), one task each.")
 def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
-            progress: bool) -> None:
+            progress: bool, scheduler: str | None) -> None:
     """Reconstruct IMAGES (files or folders) and report MSE, PSNR and SSIM per image."""
     paths = find_images(images)
     model = load_model(model_path)
-    results = reconstruct_files(paths, model, out_dir, progress=progress)
+    if scheduler is None:
+        results = reconstruct_files(paths, model, out_dir, progress=progress)
+    else:
+        tasks = [functools.partial(reconstruct_files, [p], out_dir=out_dir, progress=False)
+                 for p in paths]
+        results = [r for rs in run_tasks(tasks, model, scheduler, progress=progress) for r in rs]
     rows = [{"image": str(r.path), "height": r.original.shape[0], "width": r.original.shape[1],
              **r.scores.as_dict()} for r in results]
     tables = write_table(rows, out_dir, "metrics")

@@ -44,6 +44,8 @@ def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed
                              augment=augment, model=architecture)
     result = train(load_dataset(data), out, settings, resume=resume, progress=progress,
                    on_epoch=_report_epoch)
+    if result.rank != 0:  # under torchrun, rank 0 reports
+        return
     last = result.history[-1]
     click.echo(f"trained {len(result.history)} epochs: train MSE {last['train_mse']:.5f}, "
                f"test MSE {last['test_mse']:.5f}")
