@@ -1,1 +1,380 @@
-"""Complex-step, forward- and reverse-mode engines (exact derivatives). Being written."""
+"""Exact relevance engines: the literal complex step, the coloured complex step, JVP and VJP.
+
+All four compute, for every pixel of a batch x (N, 1, H, W),
+
+    r_ij = || ∂f(x) / ∂x_ij ||_F      (Frobenius norm over every latent value)
+
+and return (N, H, W) in the dtype of the encoder's weights (or of ``precision``). They differ in
+how many linear passes they need (counts for a 256² tile and the study's encoder):
+
+- ``complex-step-naive``: ``x + i·h·e_ij`` through the complex twin, H·W = 65,536 passes;
+- ``complex-step``: ``x + i·h·Σ e_ij`` over a forward colour class, P_r·P_c = 46² = 2,116;
+- ``jvp``: torch's forward-mode AD with the same colouring, 2,116;
+- ``vjp``: the twins' transposed linearisation, one cotangent per reverse colour class,
+  Q_r·Q_c·C = 3·3·8 = 72.
+
+Conventions at kinks (one-sided derivatives, the same in every engine and in torch's autograd):
+a ReLU whose input is exactly 0 has slope 0; a max-pool window with tied maxima sends the
+derivative to the first maximal element in row-major order (torch's argmax).
+:func:`kink_pixels` reports which pixels such points can touch.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from microcae.errors import MicrocaeError
+from microcae.saliency.footprint import (
+    Footprint,
+    encoder_footprint,
+    footprint_sums,
+    latent_classes,
+    leaves,
+    pixel_classes,
+)
+from microcae.saliency.registry import register
+from microcae.saliency.twins import complexify, per_sample
+
+DEFAULT_H = 1e-24
+"""The study's imaginary step."""
+
+BATCH_BYTES = 256 * 2**20
+"""Memory for one batch of passes when ``chunk`` is not given (about 256 MiB)."""
+
+PRECISIONS = {"complex64": torch.float32, "complex128": torch.float64}
+"""Complex precision -> dtype of the real and imaginary parts."""
+
+
+def _at_precision(encoder: nn.Module, x: torch.Tensor,
+                  precision: str | None) -> tuple[nn.Module, torch.Tensor]:
+    """Return (encoder, x) in the requested precision (a converted copy, never in place)."""
+    weights = next(encoder.parameters(), None)
+    dtype = weights.dtype if weights is not None else x.dtype
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise MicrocaeError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
+        if PRECISIONS[precision] != dtype:
+            encoder = copy.deepcopy(encoder).to(PRECISIONS[precision])
+        dtype = PRECISIONS[precision]
+    if not dtype.is_floating_point:
+        raise MicrocaeError(f"encoder weights must be floating point, not {dtype}")
+    return encoder, x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _chunk_size(chunk: int | None, footprint: Footprint, x: torch.Tensor, copies: int) -> int:
+    """Return ``chunk``, or how many passes fit :data:`BATCH_BYTES` (``copies`` activations)."""
+    if chunk is None:
+        per_pass = footprint.peak * x.shape[0] * x.element_size() * copies
+        return max(1, BATCH_BYTES // per_pass)
+    if chunk < 1:
+        raise MicrocaeError(f"chunk must be at least 1, got {chunk}")
+    return chunk
+
+
+def _chunks(total: int, size: int, label: str, progress: bool) -> tqdm:
+    starts = range(0, total, size)
+    return tqdm(starts, desc=label, unit="batch", disable=not progress, leave=False)
+
+
+def _latent_squares(values: torch.Tensor, n: int, flat: bool) -> torch.Tensor:
+    """(N·K, *latent) -> (N, K, h, w): squares summed over channels ((N, K, 1, 1) if flat)."""
+    grouped = per_sample(values, n)
+    if flat:
+        return grouped.flatten(2).pow(2).sum(2)[:, :, None, None]
+    return grouped.pow(2).sum(2)
+
+
+@register("complex-step-naive")
+@torch.no_grad()
+def complex_step_naive(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
+                       precision: str | None = None, chunk: int | None = None,
+                       progress: bool = False, limit: int | None = None) -> torch.Tensor:
+    """Compute the study's literal complex step: one full complex pass per pixel.
+
+    Pass (i, j) feeds ``x + i·h·e_ij`` through the complex twin and reads the column
+    ``∂f/∂x_ij = Im f(x + i·h·e_ij) / h``; each pass recomputes its real part.
+
+    Parameters
+    ----------
+    encoder
+        ``nn.Sequential`` of layers with complex twins (e.g. ``CAE().encoder``), eval mode.
+    x
+        (N, 1, H, W) input in [0, 1].
+    h
+        Imaginary step; any value from 1e-8 down to 1e-200 gives the same result in complex128.
+    precision
+        ``"complex64"`` or ``"complex128"``; default: that of the encoder's weights.
+    chunk
+        Passes evaluated together (each still a separate complex pass); default: as many as
+        fit about 256 MiB.
+    progress
+        Show a progress bar over the H·W passes.
+    limit
+        Compute only the first ``limit`` pixels in row-major order and leave the others NaN
+        (for timing the literal method on part of an image).
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) relevance, real dtype of ``precision``.
+    """
+    encoder, x = _at_precision(encoder, x, precision)
+    twin = complexify(encoder)
+    n, _, height, width = x.shape
+    pixels = height * width if limit is None else min(limit, height * width)
+    chunk = _chunk_size(chunk, encoder_footprint(encoder, x), x[:1], copies=8)
+    r = torch.full((n, height * width), torch.nan, dtype=x.dtype)
+    for image in range(n):
+        for start in _chunks(pixels, chunk, "complex-step passes", progress):
+            stop = min(start + chunk, pixels)
+            im = torch.zeros(stop - start, height * width, dtype=x.dtype)
+            im[torch.arange(stop - start), torch.arange(start, stop)] = h
+            re = x[image : image + 1].expand(stop - start, -1, -1, -1)
+            _, im_out = twin((re.contiguous(memory_format=torch.channels_last),
+                              im.view(-1, 1, height, width)))
+            r[image, start:stop] = (im_out / h).flatten(1).norm(dim=1)
+    return r.view(n, height, width)
+
+
+def _each_image(one: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply ``one`` to every (1, 1, H, W) image of ``x`` and stack: (N, H, W)."""
+    return torch.cat([one(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def _coloured_forward(push: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      footprint: Footprint, chunk: int, label: str,
+                      progress: bool) -> torch.Tensor:
+    """Return r from forward colour classes; ``push`` maps (N·K, 1, H, W) seeds to columns."""
+    periods = footprint.forward_periods
+    n, _, height, width = x.shape
+    r2 = torch.zeros(n, height, width, dtype=x.dtype)
+    total = periods[0] * periods[1]
+    for start in _chunks(total, chunk, label, progress):
+        classes = range(start, min(start + chunk, total))
+        masks = pixel_classes((height, width), periods, classes, x.dtype)
+        seeds = masks[None].expand(n, -1, -1, -1).reshape(-1, 1, height, width)
+        columns = push(seeds.contiguous(memory_format=torch.channels_last))
+        squares = _latent_squares(columns, n, footprint.flat)
+        r2 += footprint_sums(squares, footprint, periods, classes)
+    return r2.sqrt()
+
+
+@register("complex-step")
+@torch.no_grad()
+def complex_step(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
+                 precision: str | None = None, chunk: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
+    """Coloured complex step: every pixel of a forward colour class perturbed in one pass.
+
+    Pixels whose latent footprints are disjoint (:mod:`microcae.saliency.footprint`) share the
+    pass ``x + i·h·Σ e_ij``; each pixel's column is read from its own footprint. The real part is
+    the same in every pass and is computed once. Same numbers as :func:`complex_step_naive` with
+    ``P_r·P_c`` passes instead of ``H·W``.
+
+    Parameters
+    ----------
+    encoder, x, h, precision, progress
+        As :func:`complex_step_naive`.
+    chunk
+        Colour classes (passes) evaluated together; default: as many as fit about 256 MiB.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) relevance, real dtype of ``precision``.
+    """
+    encoder, x = _at_precision(encoder, x, precision)
+    twin = complexify(encoder)
+    footprint = encoder_footprint(encoder, x)
+    chunk = _chunk_size(chunk, footprint, x[:1], copies=4)
+
+    def one(image: torch.Tensor) -> torch.Tensor:
+        _, state = twin.real(image)
+
+        def push(masks: torch.Tensor) -> torch.Tensor:
+            return twin.tangent(state, masks * h) / h
+
+        return _coloured_forward(push, image, footprint, chunk, "complex-step passes", progress)
+
+    return _each_image(one, x)
+
+
+@register("jvp")
+def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
+        chunk: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Forward-mode autodiff (``torch.func.jvp``, vmapped) with the complex step's colouring.
+
+    Independent of the complex twins: torch's own forward-mode derivatives of the real encoder.
+
+    Parameters
+    ----------
+    encoder, x, precision, progress
+        As :func:`complex_step_naive`.
+    chunk
+        Tangents (colour classes) pushed together; default: as many as fit about 256 MiB.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) relevance, real dtype of ``precision``.
+    """
+    encoder, x = _at_precision(encoder, x, precision)
+    frozen = {name: p.detach() for name, p in encoder.named_parameters()}
+    frozen.update(dict(encoder.named_buffers()))
+    footprint = encoder_footprint(encoder, x)
+    chunk = _chunk_size(chunk, footprint, x[:1], copies=4)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(encoder, frozen, (inputs,))
+
+    def one(image: torch.Tensor) -> torch.Tensor:
+        def push(masks: torch.Tensor) -> torch.Tensor:
+            return torch.vmap(lambda t: torch.func.jvp(forward, (image,), (t[None],))[1][0])(masks)
+
+        return _coloured_forward(push, image, footprint, chunk, "jvp passes", progress)
+
+    with warnings.catch_warnings():
+        # torch's forward AD loads its decompositions through the deprecated torch.jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        return _each_image(one, x)
+
+
+@register("vjp")
+@torch.no_grad()
+def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
+        chunk: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Reverse mode: latent units with disjoint input supports seeded together.
+
+    One real pass records the linearisation (ReLU masks, max-pool winners); batches of
+    cotangents are then pulled back through the transposed layers. In one cotangent class no two
+    seeded units see the same pixel, so each pixel's squared gradient is exactly one unit's
+    squared derivative, and summing over the classes gives r² directly.
+
+    Parameters
+    ----------
+    encoder, x, precision, progress
+        As :func:`complex_step_naive`.
+    chunk
+        Cotangents pulled back together; default: as many as fit about 256 MiB.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) relevance, real dtype of ``precision``.
+    """
+    encoder, x = _at_precision(encoder, x, precision)
+    twin = complexify(encoder)
+    footprint = encoder_footprint(encoder, x)
+    periods = footprint.reverse_periods
+    chunk = _chunk_size(chunk, footprint, x[:1], copies=4)
+
+    def one(image: torch.Tensor) -> torch.Tensor:
+        out, state = twin.real(image)
+        latent = (out.numel(), 1, 1) if footprint.flat else tuple(out.shape[1:])
+        r2 = torch.zeros(1, *image.shape[2:], dtype=image.dtype)
+        total = periods[0] * periods[1] * latent[0]
+        for start in _chunks(total, chunk, "vjp passes", progress):
+            classes = range(start, min(start + chunk, total))
+            seeds = latent_classes(latent, periods, classes, image.dtype)
+            seeds = seeds.reshape(-1, *out.shape[1:])
+            if seeds.dim() == 4:
+                seeds = seeds.contiguous(memory_format=torch.channels_last)
+            r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
+        return r2.sqrt()
+
+    return _each_image(one, x)
+
+
+def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:
+    """Count the linear passes an engine needs per image shaped like ``x`` (N, 1, H, W)."""
+    height, width = x.shape[2:]
+    if method == "complex-step-naive":
+        return height * width
+    footprint = encoder_footprint(encoder, x)
+    if method in ("complex-step", "jvp"):
+        return int(np.prod(footprint.forward_periods))
+    if method == "vjp":
+        with torch.no_grad():
+            out = encoder(x[:1])
+        channels = out[0].numel() if footprint.flat else out.shape[1]
+        return int(np.prod(footprint.reverse_periods)) * channels
+    raise MicrocaeError(f"no pass count for method {method!r}")
+
+
+def _ties(pool: nn.MaxPool2d, re: torch.Tensor, after_relu: bool) -> torch.Tensor:
+    """(N, h, w) bool: output positions whose window maximum is attained more than once."""
+    kernel = pool.kernel_size
+    stride = pool.stride or kernel
+    pad = pool.padding
+    padded = nn.functional.pad(re, _as_pad(pad), value=-torch.inf)
+    windows = nn.functional.unfold(padded, kernel, pool.dilation, 0, stride)
+    windows = windows.view(re.shape[0], re.shape[1], -1, windows.shape[-1])
+    best = windows.max(dim=2, keepdim=True).values
+    tied = (windows == best).sum(dim=2) > 1
+    if after_relu:  # a window of zeros after a ReLU: each is 0 from a strictly negative input
+        tied &= best[:, :, 0] != 0
+    out = pool(re)
+    return tied.any(dim=1).view(re.shape[0], *out.shape[2:])
+
+
+def _as_pad(pad: int | tuple[int, int]) -> tuple[int, int, int, int]:
+    rows, cols = (pad, pad) if isinstance(pad, int) else pad
+    return (cols, cols, rows, rows)
+
+
+@torch.no_grad()
+def kink_pixels(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pixels whose relevance may depend on the one-sided convention at a kink.
+
+    A kink is a ReLU or LeakyReLU input exactly 0, an ELU input exactly 0 with α ≠ 1, or a
+    max-pool window whose maximum is tied (windows of zeros right after a ReLU are smooth and not
+    counted). A pixel is marked if it lies in the input support of a kinked unit.
+
+    Parameters
+    ----------
+    encoder
+        ``nn.Sequential`` of layers with complex twins.
+    x
+        (N, 1, H, W) input.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) bool; ``.sum((1, 2))`` is the number of affected pixels per image.
+    """
+    layers = leaves(encoder)
+    n, _, height, width = x.shape
+    marks = np.zeros((n, height + 1, width + 1), dtype=np.int64)
+    value = x
+    after_relu = False
+    for position, (_, layer) in enumerate(layers):
+        grid = None
+        if value.dim() != 4:  # past a global layer every pixel reaches every unit
+            upto = 0
+            if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.ELU)):
+                marks[:, 0, 0] += (value == 0).flatten(1).any(dim=1).numpy()
+        elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)) or (
+            isinstance(layer, nn.ELU) and layer.alpha != 1.0
+        ):
+            grid, upto = (value == 0).flatten(1, -3).any(dim=1), position
+        elif isinstance(layer, nn.MaxPool2d):
+            grid, upto = _ties(layer, value, after_relu), position + 1
+        if grid is not None and grid.any():
+            prefix = nn.Sequential(*[module for _, module in layers[:upto]])
+            footprint = encoder_footprint(prefix, x[:1])
+            first_r, last_r = footprint.rows.supports()
+            first_c, last_c = footprint.cols.supports()
+            image, rows, cols = (t.numpy() for t in grid.nonzero(as_tuple=True))
+            for dr, dc, sign in ((0, 0, 1), (1, 0, -1), (0, 1, -1), (1, 1, 1)):
+                np.add.at(marks, (image, (last_r[rows] + 1) if dr else first_r[rows],
+                                  (last_c[cols] + 1) if dc else first_c[cols]), sign)
+        after_relu = isinstance(layer, nn.ReLU)
+        value = layer(value)
+    return torch.from_numpy(marks.cumsum(1).cumsum(2)[:, :height, :width] > 0)

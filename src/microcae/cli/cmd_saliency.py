@@ -1,0 +1,65 @@
+"""``microcae saliency``: images -> raw relevance maps (.npy) and Fig. 11-style figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
+from microcae.data.images import find_images
+from microcae.errors import MicrocaeError
+from microcae.figures.saliency import saliency_files
+from microcae.model import load_model
+from microcae.saliency import METHODS
+from microcae.saliency.engines import PRECISIONS
+from microcae.saliency.maps import LOCAL_METHODS
+
+
+class MethodChoice(click.Choice):
+    """The relevance methods registered when the command runs (``sorted(METHODS)``)."""
+
+    def __init__(self) -> None:
+        super().__init__(sorted(METHODS))
+
+    @property
+    def choices(self) -> list[str]:
+        """Registered method names, read from the registry at call time."""
+        return sorted(METHODS)
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        """Ignore click's assignment: the registry is the source of truth."""
+
+
+@click.command("saliency")
+@images_argument
+@model_option
+@click.option("--method", default="vjp", show_default=True, type=MethodChoice(),
+              help="Relevance method. complex-step, complex-step-naive, jvp and vjp all give the "
+                   "study's complex-step relevance (vjp fastest, complex-step-naive literal).")
+@click.option("--mode", type=click.Choice(["tile", "whole"]), default="tile", show_default=True,
+              help="tile: each 256x256 tile encoded on its own (the study); whole: the whole "
+                   "image's latent (exact, windowed).")
+@click.option("--precision", type=click.Choice(sorted(PRECISIONS)), default=None,
+              help="Arithmetic of the complex-step family (default: the model's, complex64).")
+@out_dir_option
+@progress_option
+def command(images: tuple[Path, ...], model_path: Path | None, method: str, mode: str,
+            precision: str | None, out_dir: Path, progress: bool) -> None:
+    """Map how much every pixel of IMAGES (files or folders) matters to the latent code.
+
+    Writes <stem>.relevance.npy (raw r_ij = ||df/dx_ij||, float32, image shape) and
+    <stem>.saliency.png (input beside the Gaussian-smoothed map) per image into OUT.
+    """
+    options = {}
+    if precision is not None:
+        if method not in LOCAL_METHODS:
+            raise MicrocaeError(f"--precision applies to {', '.join(LOCAL_METHODS)} only")
+        options["precision"] = precision
+    paths = find_images(images)
+    encoder = load_model(model_path).encoder
+    for output in saliency_files(paths, encoder, out_dir, method, mode, progress, **options):
+        click.echo(f"{output.image}: max relevance {output.max_relevance:.4g}, "
+                   f"{output.kink_pixels} kink-affected pixels -> {output.relevance_file.name}, "
+                   f"{output.figure.name}")

@@ -1,0 +1,136 @@
+"""``microcae saliency``: outputs, their values, modes, choices and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_MICROGRAPHS, synthetic_micrograph, write_png
+from PIL import Image
+
+from microcae.cli import main
+from microcae.data.images import read_micrograph
+from microcae.figures.saliency import smooth
+from microcae.model import load_model
+from microcae.saliency import relevance
+from microcae.saliency.maps import micrograph_relevance
+
+
+def reflect_pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1])),
+                  mode="symmetric")
+
+
+def test_writes_raw_map_and_figure_per_image(tmp_path, tiny_model_file, capsys):
+    small = write_png(tmp_path / "in" / "small.png", synthetic_micrograph(40, 56, seed=1))
+    wide = write_png(tmp_path / "in" / "sub" / "wide.png", synthetic_micrograph(48, 300, seed=2))
+    out = tmp_path / "out"
+    rc = main(["saliency", str(tmp_path / "in"), "--model", str(tiny_model_file),
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    encoder = load_model(tiny_model_file).encoder
+    for path in (small, wide):
+        pixels = read_micrograph(path).pixels
+        raw = np.load(out / f"{path.stem}.relevance.npy")
+        assert raw.dtype == np.float32 and raw.shape == pixels.shape
+        # tile mode: each reflect-padded 256x256 tile on its own, cropped back
+        canvas = reflect_pad(pixels, 256, 512 if pixels.shape[1] > 256 else 256)
+        tiles = torch.from_numpy(canvas).view(1, 1, 256, -1)
+        expected = np.concatenate(
+            [relevance(encoder, tiles[..., x : x + 256], "vjp")[0].numpy()
+             for x in range(0, canvas.shape[1], 256)], axis=1)[: pixels.shape[0], : pixels.shape[1]]
+        np.testing.assert_allclose(raw, expected, rtol=1e-6, atol=0)
+        with Image.open(out / f"{path.stem}.saliency.png") as figure:
+            assert figure.format == "PNG" and figure.width > figure.height
+    stdout = capsys.readouterr().out
+    assert "small.png: max relevance" in stdout and "kink-affected pixels" in stdout
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_whole_mode_is_the_relevance_of_the_whole_image(tmp_path, tiny_model_file):
+    path = write_png(tmp_path / "odd.png", synthetic_micrograph(70, 90, seed=3))
+    out = tmp_path / "out"
+    rc = main(["saliency", str(path), "--model", str(tiny_model_file), "--out", str(out),
+               "--mode", "whole", "--method", "complex-step", "--no-progress"])
+    assert rc == 0
+    pixels = read_micrograph(path).pixels
+    whole = torch.from_numpy(reflect_pad(pixels, 72, 92))[None, None]  # multiple of 4
+    expected = relevance(load_model(tiny_model_file).encoder, whole, "vjp")[0, :70, :90].numpy()
+    np.testing.assert_allclose(np.load(out / "odd.relevance.npy"), expected, rtol=2e-5, atol=0)
+
+
+def test_whole_mode_windows_equal_one_pass_over_the_image(tiny_model):
+    pixels = synthetic_micrograph(120, 100, seed=4).astype(np.float32) / 255
+    encoder = tiny_model.encoder.double()
+    windowed = micrograph_relevance(encoder, pixels, "vjp", mode="whole", tile=48).relevance
+    whole = torch.from_numpy(pixels).double()[None, None]
+    expected = relevance(encoder, whole, "vjp")[0].numpy()
+    np.testing.assert_allclose(windowed, expected.astype(np.float32), rtol=1e-6, atol=0)
+
+
+def test_method_choices_are_read_from_the_registry():
+    from microcae.cli.cmd_saliency import command
+    from microcae.saliency import METHODS
+
+    assert {"vjp", "complex-step", "complex-step-naive", "jvp", "gbp"} <= set(METHODS)
+    assert command.params[[p.name for p in command.params].index("method")].type.choices == \
+        sorted(METHODS)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "nope"),
+    (["--method", "gbp", "--mode", "whole"], "--mode whole needs"),
+    (["--method", "gbp", "--precision", "complex128"], "--precision applies"),
+])
+def test_bad_options_fail_with_one_line_and_no_output(tmp_path, tiny_model_file, capsys, args,
+                                                      message):
+    path = write_png(tmp_path / "a.png", synthetic_micrograph(32, 32))
+    out = tmp_path / "out"
+    rc = main(["saliency", str(path), "--model", str(tiny_model_file), "--out", str(out),
+               "--no-progress", *args])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_bad_image_stops_the_job_before_anything_is_written(tmp_path, tiny_model_file, capsys):
+    write_png(tmp_path / "in" / "a.png", synthetic_micrograph(32, 32))
+    (tmp_path / "in" / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = main(["saliency", str(tmp_path / "in"), "--model", str(tiny_model_file),
+               "--out", str(out), "--no-progress"])
+    assert rc == 2
+    assert "b.png" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_inputs_with_the_same_stem_are_refused(tmp_path, tiny_model_file, capsys):
+    first = write_png(tmp_path / "x" / "same.png", synthetic_micrograph(32, 32))
+    second = write_png(tmp_path / "y" / "same.png", synthetic_micrograph(32, 32, seed=1))
+    rc = main(["saliency", str(first), str(second), "--model", str(tiny_model_file),
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 2 and "same file name stem" in capsys.readouterr().err
+
+
+def test_figure_smoothing_is_a_unit_gaussian():
+    spike = np.zeros((21, 21), dtype=np.float32)
+    spike[10, 10] = 1.0
+    blurred = smooth(spike)
+    offsets = np.arange(-3, 4)
+    kernel = np.exp(-(offsets**2) / 2)
+    kernel /= kernel.sum()
+    np.testing.assert_allclose(blurred[10, 7:14], kernel * kernel[3], rtol=1e-3)
+    assert blurred.sum() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_real_micrograph_full_size(tmp_path, tiny_model_file):
+    image = SHARED_MICROGRAPHS / "aisi1045_decarb_optical" / "1a1str.png"
+    if not image.is_file():
+        pytest.skip("shared micrographs not available")
+    rc = main(["saliency", str(image), "--model", str(tiny_model_file), "--out", str(tmp_path),
+               "--no-progress"])
+    assert rc == 0
+    raw = np.load(tmp_path / "1a1str.relevance.npy")
+    assert raw.shape == read_micrograph(image).pixels.shape
