@@ -69,7 +69,8 @@ def test_jpeg_matches_pillow_decoding(tmp_path):
     path = tmp_path / "a.jpg"
     Image.fromarray(synthetic_micrograph(32, 32)).save(path, quality=90)
     decoded = np.asarray(Image.open(path))
-    np.testing.assert_array_equal(read_micrograph(path).pixels, (decoded / 255.0).astype(np.float32))
+    expected = (decoded / 255.0).astype(np.float32)
+    np.testing.assert_array_equal(read_micrograph(path).pixels, expected)
 
 
 def test_content_decides_format_not_suffix(tmp_path):

@@ -7,7 +7,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from microcae.errors import MicrocaeError
-from microcae.model import CAE, CAEConfig, decoder_fingerprint, load_model, read_model_file, save_model
+from microcae.model import (
+    CAE,
+    CAEConfig,
+    decoder_fingerprint,
+    load_model,
+    read_model_file,
+    save_model,
+)
 
 
 def test_study_architecture_has_50353_parameters_and_the_papers_shapes():
