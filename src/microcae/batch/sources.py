@@ -20,11 +20,10 @@ import numpy as np
 import tifffile
 import zarr
 
-from microcae.data.images import read_micrograph
+from microcae.data.images import TIFF_MAGIC, read_micrograph
 from microcae.data.tiling import TileGrid
 from microcae.errors import MicrocaeError
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _SCAN_ROWS = 256
 """Rows per band of the streaming minimum/maximum pass over 16-bit and float images."""
 
@@ -101,7 +100,7 @@ def _mirrored_window(pixels: Any, top: int, left: int, tile: int) -> np.ndarray:
 
 def _is_tiff(path: Path) -> bool:
     with open(path, "rb") as handle:
-        return handle.read(4) in _TIFF_MAGIC
+        return handle.read(4) in TIFF_MAGIC
 
 
 @contextlib.contextmanager

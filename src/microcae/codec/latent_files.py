@@ -226,17 +226,7 @@ def decode_files(
     list of Path
         The written PNG files, in input order.
     """
-    paths: list[Path] = []
-    for item in map(Path, files):
-        if item.is_dir():
-            found = sorted(item.rglob(f"*{SUFFIX}"))
-            if not found:
-                raise MicrocaeError(f"{item}: no {SUFFIX} files in this folder")
-            paths.extend(found)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise MicrocaeError(f"{item}: no such file or folder")
+    paths = find_images(list(files), exclude=(), suffixes=(SUFFIX,), what=f"{SUFFIX} files")
     targets = _unique_outputs(paths, Path(out_dir), ".png")
     verified = [open_latent_file(model, path.read_bytes(), str(path), secret) for path in paths]
     for target, (header, latents) in tqdm(list(zip(targets, verified, strict=True)),

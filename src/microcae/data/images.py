@@ -21,7 +21,8 @@ DEFAULT_EXCLUDE = ("*_mask.*", "*_labels.*", "*_label.*", "*_gb_mask.*")
 """Glob patterns of annotation files that sit beside micrographs and are not images to learn."""
 
 Scaling = Literal["auto", "range", "full"]
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+"""First four bytes of classic and BigTIFF files, both byte orders."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
-        if magic in _TIFF_MAGIC:  # decide by content: files named .tiff may hold PNG bytes
+        if magic in TIFF_MAGIC:  # decide by content: files named .tiff may hold PNG bytes
             return np.asarray(tifffile.imread(path))
         with Image.open(path) as image:
             image.load()
@@ -199,21 +200,27 @@ def read_micrograph(path: str | Path, scaling: Scaling = "auto") -> Micrograph:
 def find_images(
     inputs: list[str | Path] | tuple[str | Path, ...],
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+    what: str = "images",
 ) -> list[Path]:
-    """Expand files and folders (searched recursively) into a sorted list of image files.
+    """Expand files and folders (searched recursively) into a sorted list of input files.
 
     Parameters
     ----------
     inputs
-        Image files and/or folders. Files are taken as given (even with an unusual suffix);
-        folders contribute files whose suffix is in :data:`IMAGE_SUFFIXES`.
+        Files and/or folders. Files are taken as given (even with an unusual suffix);
+        folders contribute files whose suffix (case-insensitive) is in ``suffixes``.
     exclude
-        Glob patterns on file names of annotation files to skip inside folders.
+        Glob patterns on file names to skip inside folders (annotation masks by default).
+    suffixes
+        File name endings searched for in folders (default: :data:`IMAGE_SUFFIXES`).
+    what
+        Name of the files in error messages.
 
     Raises
     ------
     MicrocaeError
-        If an input does not exist or nothing at all is found.
+        If an input does not exist or a folder holds no matching file.
     """
     found: list[Path] = []
     for item in inputs:
@@ -223,16 +230,16 @@ def find_images(
                 p
                 for p in item.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
+                and p.suffix.lower() in suffixes
                 and not any(fnmatch.fnmatch(p.name, pattern) for pattern in exclude)
             )
             if not in_folder:
-                raise MicrocaeError(f"{item}: no images found in this folder")
+                raise MicrocaeError(f"{item}: no {what} found in this folder")
             found.extend(in_folder)
         elif item.exists():
             found.append(item)
         else:
             raise MicrocaeError(f"{item}: no such file or folder")
     if not found:
-        raise MicrocaeError("no input images given")
+        raise MicrocaeError(f"no input {what} given")
     return found

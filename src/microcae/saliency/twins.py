@@ -214,14 +214,12 @@ class MaxPool2dTwin(Twin):
     def cotangent(self, state: tuple, ct: torch.Tensor) -> torch.Tensor:
         """Send each cotangent to its window's argmax (adding up where windows share it)."""
         shape, index, winner = state
-        if winner is not None:
-            k = _pair(self.module.kernel_size)
-            spread = F.interpolate(ct, scale_factor=k, mode="nearest")
-            if spread.shape[2:] != shape[2:]:
-                missing = (0, shape[3] - spread.shape[3], 0, shape[2] - spread.shape[2])
-                spread = F.pad(spread, missing)
-            return _scale(winner, spread)
         n, c = index.shape[:2]
+        if winner is not None:  # windows do not overlap: each argmax receives one value
+            k = _pair(self.module.kernel_size)
+            per_row = index.expand(ct.shape[0], -1, -1, -1) if n == 1 else \
+                index.repeat_interleave(ct.shape[0] // n, dim=0)
+            return F.max_unpool2d(ct, per_row, k, k, output_size=shape[2:])
         k = ct.shape[0] // n
         out = torch.zeros(n, k, c, shape[2] * shape[3], dtype=ct.dtype, device=ct.device)
         picks = index.flatten(2).unsqueeze(1).expand(n, k, c, -1)
