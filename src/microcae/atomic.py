@@ -16,13 +16,17 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path that replaces ``target`` only if the block succeeds.
 
     Parameters
     ----------
     target
         Final file path. Its folder is created if missing.
+    mode
+        Permission bits of the final file; default: 0666 less the umask, as ``open`` would.
+        The temporary file is 0600 from creation, so a private ``mode`` (e.g. 0600 for keys)
+        is never wider at any moment.
 
     Yields
     ------
@@ -38,7 +42,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; use normal permissions
+        os.chmod(tmp, (0o666 & ~_current_umask()) if mode is None else mode)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

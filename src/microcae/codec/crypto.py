@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from microcae.atomic import atomic_path
 from microcae.errors import MicrocaeError
 
 KEY_BYTES = 32
@@ -146,17 +146,8 @@ def write_key_file(path: str | Path, key: bytes, overwrite: bool = False) -> Pat
     if len(key) != KEY_BYTES:
         raise ValueError(f"a key has {KEY_BYTES} bytes, got {len(key)}")
     text = f"{KEY_FILE_TITLE}\n{base64.b64encode(key).decode('ascii')}\n"
-    # Not atomic_path: that one widens the mode to the umask's before the rename. Here the file
-    # is 0600 (mkstemp) from creation to rename, so the key is never readable by others.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, mode=0o600) as tmp:
+        tmp.write_text(text, encoding="ascii")
     return path
 
 
