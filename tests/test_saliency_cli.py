@@ -134,3 +134,11 @@ def test_real_micrograph_full_size(tmp_path, tiny_model_file):
     assert rc == 0
     raw = np.load(tmp_path / "1a1str.relevance.npy")
     assert raw.shape == read_micrograph(image).pixels.shape
+
+
+def test_whole_mode_needs_blocks_aligned_with_the_latent_grid(tiny_model):
+    from microcae.errors import MicrocaeError
+
+    pixels = np.zeros((40, 40), dtype=np.float32)
+    with pytest.raises(MicrocaeError, match="multiple of the latent stride 4"):
+        micrograph_relevance(tiny_model.encoder, pixels, "vjp", mode="whole", tile=30)

@@ -84,6 +84,8 @@ def _windows(encoder: nn.Module, pixels: np.ndarray, method: str, block: int, pr
     if footprint.flat:
         raise MicrocaeError("--mode whole needs a convolutional encoder (no global layers)")
     step = alignment(footprint, (block, block))
+    if block % step:
+        raise MicrocaeError(f"tile {block} is not a multiple of the latent stride {step}")
     halo = -(-(footprint.reach() + step) // step) * step
     height, width = pixels.shape
     padded_h, padded_w = -(-height // step) * step, -(-width // step) * step
