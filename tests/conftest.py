@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 SHARED_MICROGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "micrographs"
 
@@ -46,3 +47,21 @@ def tiny_model_file(tmp_path, tiny_model) -> Path:
     path = tmp_path / "tiny.safetensors"
     save_model(tiny_model, path, {"purpose": "test"})
     return path
+
+
+def zoo_encoder() -> nn.Sequential:
+    """Every supported layer kind, nested, with overlapping pools and strides."""
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.1, 0.1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), bn, nn.LeakyReLU(0.1), nn.MaxPool2d(3, 2, padding=1),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Tanh()),
+        nn.AvgPool2d(2), nn.Sequential(nn.Conv2d(4, 3, 1), nn.ELU(0.7)),
+        nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(3, 2, 3, padding=1, stride=2),
+        nn.Sigmoid(), nn.Dropout(0.2), nn.Identity(),
+    ).double().eval()

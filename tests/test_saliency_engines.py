@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import zoo_encoder
 from torch import nn
 
 from microcae.errors import MicrocaeError
@@ -45,21 +46,6 @@ def briefly_trained_cae() -> nn.Sequential:
         loss.backward()
         optimiser.step()
     return model.encoder.eval()
-
-
-def zoo_encoder() -> nn.Sequential:
-    torch.manual_seed(3)
-    bn = nn.BatchNorm2d(4)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), bn, nn.LeakyReLU(0.1), nn.MaxPool2d(3, 2, padding=1),
-        nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Tanh()),
-        nn.AvgPool2d(2), nn.Sequential(nn.Conv2d(4, 3, 1), nn.ELU(0.7)),
-        nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(3, 2, 3, padding=1, stride=2),
-        nn.Sigmoid(), nn.Dropout(0.2), nn.Identity(),
-    ).double().eval()
 
 
 def global_head_encoder() -> nn.Sequential:
