@@ -14,8 +14,6 @@ same footing.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import time
@@ -39,6 +37,7 @@ from microcae.model import CAE
 from microcae.runtime import to_channels_last
 from microcae.saliency import METHODS, relevance
 from microcae.saliency.baselines import lrp_conservation
+from microcae.tables import csv_text
 
 CONTROLS = ("sobel-edges", "random")
 """Model-free control maps, measured like methods."""
@@ -330,14 +329,6 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -378,8 +369,8 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         "json": out_dir / "comparison.json",
         "curves": out_dir / "curves.png",
     }
-    write_text_atomic(written["summary_csv"], _csv_text(summary))
-    write_text_atomic(written["tiles_csv"], _csv_text(comparison.rows))
+    write_text_atomic(written["summary_csv"], csv_text(summary))
+    write_text_atomic(written["tiles_csv"], csv_text(comparison.rows))
     legend = "\n".join(f"- `{m.name}` ({m.better} is better): {m.description}. {m.reference}."
                        for m in METRICS)
     extras = "\n".join(f"- `{name}`: {text}." for name, text in EXTRA_COLUMNS.items())

@@ -25,19 +25,24 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """Render rows (dicts sharing keys, the first row's keys as columns) as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()) if rows else [],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_table(rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str) -> dict[str, Path]:
     """Write ``stem.csv``, ``stem.md`` and ``stem.json`` into ``out_dir``; return their paths."""
     from microcae.atomic import write_text_atomic
 
     out_dir = Path(out_dir)
-    columns = list(rows[0].keys()) if rows else []
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
     paths = {"csv": out_dir / f"{stem}.csv", "md": out_dir / f"{stem}.md",
              "json": out_dir / f"{stem}.json"}
-    write_text_atomic(paths["csv"], buffer.getvalue())
-    write_text_atomic(paths["md"], markdown_table(rows, columns))
+    write_text_atomic(paths["csv"], csv_text(rows))
+    write_text_atomic(paths["md"], markdown_table(rows))
     write_text_atomic(paths["json"], json.dumps(list(rows), indent=1) + "\n")
     return paths
