@@ -55,6 +55,7 @@ def test_prepare_train_reconstruct_end_to_end(tmp_path, capsys):
          "not a valid safetensors"),
         (["train", "{tmp}/empty", "-o", "{tmp}/o/m.safetensors", "--channels", "4,x"],
          "channels"),
+        (["train", "{tmp}/empty", "-o", "{tmp}/o/m.safetensors", "--device", "tpu"], "device"),
     ],
 )
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, tiny_model_file,

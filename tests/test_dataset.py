@@ -91,3 +91,30 @@ def test_load_rejects_other_folders(tmp_path):
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(MicrocaeError, match="corrupt"):
         load_dataset(tmp_path)
+
+
+def _split_by_file(prepared):
+    return {s["file"]: s["split"] for s in prepared.manifest["sources"]}
+
+
+def test_split_like_keeps_the_images_of_another_sets_split(raw_dir, tmp_path):
+    reference = prepare_dataset([raw_dir], tmp_path / "ref", tile=32, seed=3, progress=False)
+    drawn = {seed: _split_by_file(prepare_dataset([raw_dir], tmp_path / f"s{seed}", tile=32,
+                                                  stride=16, seed=seed, progress=False))
+             for seed in range(4)}
+    assert any(split != _split_by_file(reference) for split in drawn.values())
+    dense = prepare_dataset([raw_dir], tmp_path / "dense", tile=32, stride=16, seed=0,
+                            split_like=tmp_path / "ref", progress=False)
+    assert _split_by_file(dense) == _split_by_file(reference)
+    assert len(dense.tiles) > len(reference.tiles)
+    by_source = {s["file"]: s["split"] for s in dense.manifest["sources"]}
+    assert all(t["split"] == by_source[t["source"]] for t in dense.manifest["tiles"])
+
+
+def test_split_like_refuses_images_the_other_set_lacks(raw_dir, tmp_path):
+    prepare_dataset([raw_dir], tmp_path / "ref", tile=32, progress=False)
+    write_png(raw_dir / "new" / "unseen.png", synthetic_micrograph(64, 64, seed=99))
+    with pytest.raises(MicrocaeError, match="not in the set whose split"):
+        prepare_dataset([raw_dir], tmp_path / "all", tile=32, split_like=tmp_path / "ref",
+                        progress=False)
+    assert not (tmp_path / "all").exists()

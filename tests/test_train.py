@@ -98,3 +98,27 @@ def test_augmentation_is_a_deterministic_symmetry_of_each_tile():
     for tile, moved in zip(batch, out, strict=True):
         variants = [np.rot90(v, k) for v in (tile, tile[:, ::-1]) for k in range(4)]
         assert any(np.array_equal(moved, v) for v in variants)
+
+
+@pytest.mark.parametrize("name", ["tpu", "meta", "cuda:x"])
+def test_unknown_devices_are_refused(dataset, tmp_path, name):
+    with pytest.raises(MicrocaeError, match="device"):
+        train(dataset, tmp_path / "m.safetensors", SETTINGS, progress=False, device=name)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(MicrocaeError, match="no CUDA GPU"):
+        train(dataset, tmp_path / "m.safetensors", SETTINGS, progress=False, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_started_on_the_gpu_resumes_on_the_cpu_to_close_weights(dataset, tmp_path):
+    cpu = train(dataset, tmp_path / "cpu.safetensors", SETTINGS, progress=False)
+    short = TrainSettings(**{**SETTINGS.to_dict(), "epochs": 2, "model": SETTINGS.model})
+    train(dataset, tmp_path / "mixed.safetensors", short, progress=False, device="cuda")
+    mixed = train(dataset, tmp_path / "mixed.safetensors", SETTINGS, resume=True, progress=False)
+    assert read_model_file(tmp_path / "mixed.safetensors").provenance["device"] == "cpu"
+    for key, value in cpu.model.state_dict().items():
+        torch.testing.assert_close(mixed.model.state_dict()[key], value, rtol=1e-3, atol=1e-4)

@@ -85,9 +85,39 @@ def current_group() -> ProcessGroup:
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), device)
 
 
+def single_device(name: str) -> torch.device:
+    """Resolve the device a single-process run computes on.
+
+    Parameters
+    ----------
+    name
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    MicrocaeError
+        If the name is not a device or CUDA is asked for but not available.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MicrocaeError(f"unknown device {name!r} (use cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MicrocaeError(f"unsupported device {name!r} (use cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MicrocaeError(f"device {name!r} asked for, but this torch build sees no CUDA GPU")
+    return device
+
+
 @contextlib.contextmanager
-def process_group() -> Iterator[ProcessGroup]:
+def process_group(device: str = "cpu") -> Iterator[ProcessGroup]:
     """Join the ``torchrun`` process group for the duration of the block.
+
+    Parameters
+    ----------
+    device
+        Device of a single-process run (see :func:`single_device`); under ``torchrun`` each
+        process takes ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
 
     Yields
     ------
@@ -106,7 +136,7 @@ def process_group() -> Iterator[ProcessGroup]:
         yield current_group()
         return
     if _env_int("WORLD_SIZE", 1) <= 1:
-        yield ProcessGroup()
+        yield ProcessGroup(device=single_device(device))
         return
     if not dist.is_available():
         raise MicrocaeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")

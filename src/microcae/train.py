@@ -276,6 +276,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train a CAE on a prepared set; checkpoint every epoch; write the model and its logs.
 
@@ -294,6 +295,10 @@ def train(
         Show a progress bar with the running loss on stderr.
     on_epoch
         Called with each epoch's log row (after its checkpoint is written).
+    device
+        ``"cpu"`` or ``"cuda"`` for a single-process run (under ``torchrun`` each process uses
+        its local GPU if there is one). Checkpoints are device-independent: a run started on a
+        GPU can be resumed on the CPU.
 
     Returns
     -------
@@ -302,7 +307,7 @@ def train(
         Under ``torchrun`` every rank returns the same weights, but only rank 0 writes the files,
         calls ``on_epoch`` and has the history (empty on the other ranks).
     """
-    with process_group() as group:
+    with process_group(device) as group:
         return _train(data, Path(out), settings or TrainSettings(), resume, progress, on_epoch,
                       group)
 
@@ -366,6 +371,7 @@ def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, 
         "final_eval_mse": final,
         "history": history,
         "threads": torch.get_num_threads(),
+        "device": str(group.device),
         "processes": group.world_size,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

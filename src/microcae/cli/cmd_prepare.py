@@ -24,15 +24,17 @@ from microcae.data.dataset import prepare_dataset
 @click.option("--scaling", type=click.Choice(["auto", "range", "full"]), default="auto",
               show_default=True,
               help="auto: 8-bit by 0..255, 16-bit/float by the image's own range.")
+@click.option("--split-like", type=click.Path(path_type=Path), default=None,
+              help="Reuse the train/test split of this prepared set (images matched by SHA-256).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @progress_option
 def command(inputs: tuple[Path, ...], out: Path, tile: int, stride: int | None, remainder: str,
-            test_fraction: float, seed: int, scaling: str, overwrite: bool,
-            progress: bool) -> None:
+            test_fraction: float, seed: int, scaling: str, split_like: Path | None,
+            overwrite: bool, progress: bool) -> None:
     """Tile micrographs (files or folders) into a training set at OUT."""
     prepared = prepare_dataset(list(inputs), out, tile=tile, stride=stride, remainder=remainder,
                                test_fraction=test_fraction, seed=seed, scaling=scaling,
-                               overwrite=overwrite, progress=progress)
+                               overwrite=overwrite, progress=progress, split_like=split_like)
     manifest = prepared.manifest
     click.echo(
         f"{out}: {len(manifest['sources'])} images -> {len(prepared.tiles)} tiles "

@@ -8,6 +8,7 @@ import click
 
 from microcae.cli.options import progress_option
 from microcae.data.dataset import load_dataset
+from microcae.distributed import single_device
 from microcae.model import CAEConfig
 from microcae.train import TrainSettings, train
 
@@ -31,19 +32,22 @@ def _report_epoch(row: dict[str, float]) -> None:
               help="Encoder widths, comma-separated (decoder mirrors them).")
 @click.option("--resume", is_flag=True,
               help="Continue from NAME.checkpoint.safetensors after an interrupted run.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda (single process; torchrun picks each process's GPU itself).")
 @progress_option
 def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-            augment: bool, channels: str, resume: bool, progress: bool) -> None:
+            augment: bool, channels: str, resume: bool, device: str, progress: bool) -> None:
     """Train the autoencoder on DATA (a folder written by 'microcae prepare')."""
     try:
         widths = tuple(int(c) for c in channels.split(","))
         architecture = CAEConfig(channels=widths)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--channels") from None
+    single_device(device)  # refuse a bad --device before reading the data
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              augment=augment, model=architecture)
     result = train(load_dataset(data), out, settings, resume=resume, progress=progress,
-                   on_epoch=_report_epoch)
+                   on_epoch=_report_epoch, device=device)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
     last = result.history[-1]

@@ -83,6 +83,25 @@ def split_sources(
     return split
 
 
+def split_as_in(manifest: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, str]:
+    """Take each source's split from another prepared set's manifest, matching by SHA-256.
+
+    Lets a set prepared with other tiling settings (a smaller stride, say) keep exactly the
+    train/test images of an existing set.
+
+    Raises
+    ------
+    MicrocaeError
+        If a source image is not in ``manifest``.
+    """
+    known = {s["sha256"]: s["split"] for s in manifest.get("sources", [])}
+    missing = [s["file"] for s in sources if s["sha256"] not in known]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MicrocaeError(f"{missing[0]}{more}: not in the set whose split is to be reused")
+    return {s["file"]: known[s["sha256"]] for s in sources}
+
+
 @dataclass(frozen=True)
 class PreparedSet:
     """A prepared tile set opened for reading.
@@ -122,6 +141,7 @@ def prepare_dataset(
     scaling: Scaling = "auto",
     overwrite: bool = False,
     progress: bool = True,
+    split_like: str | Path | None = None,
 ) -> PreparedSet:
     """Read micrographs, tile them, split by source image and write a prepared set.
 
@@ -143,13 +163,18 @@ def prepare_dataset(
         Replace an existing ``out`` folder.
     progress
         Show a progress bar on stderr.
+    split_like
+        A prepared set whose per-image split to reuse (images matched by SHA-256) instead of
+        drawing one; ``test_fraction`` and ``seed`` are then not used.
 
     Raises
     ------
     MicrocaeError
-        Unreadable inputs, no images, or no image large enough for one tile.
+        Unreadable inputs, no images, no image large enough for one tile, or an image missing
+        from ``split_like``.
     """
     out = Path(out)
+    reference = load_dataset(split_like).manifest if split_like is not None else None
     stride = stride or tile
     if out.exists() and not overwrite:
         raise MicrocaeError(f"{out}: already exists (use --overwrite to replace it)")
@@ -185,12 +210,17 @@ def prepare_dataset(
     names = [s["file"] for s in sources]
     if len(set(names)) != len(names):
         raise MicrocaeError("two inputs have the same relative path; prepare them separately")
-    split = split_sources(
-        {s["file"]: len(s["positions"]) for s in sources},
-        {s["file"]: s["group"] for s in sources},
-        test_fraction,
-        seed,
-    )
+    if reference is not None:
+        split = split_as_in(reference, sources)
+        split_by = f"source image, as in {split_like}"
+    else:
+        split = split_sources(
+            {s["file"]: len(s["positions"]) for s in sources},
+            {s["file"]: s["group"] for s in sources},
+            test_fraction,
+            seed,
+        )
+        split_by = "source image, stratified by sub-folder"
     records = []
     for source in sources:
         source["split"] = split[source["file"]]
@@ -207,7 +237,7 @@ def prepare_dataset(
         "remainder": remainder,
         "test_fraction": test_fraction,
         "seed": seed,
-        "split_by": "source image, stratified by sub-folder",
+        "split_by": split_by,
         "skipped_smaller_than_tile": skipped,
         "sources": sources,
         "tiles": records,
