@@ -204,3 +204,20 @@ def test_randomisation_separates_a_real_method_from_constant_and_edge_maps() -> 
     np.testing.assert_array_equal(constant.rho, 1.0)
     np.testing.assert_array_equal(edges.rho, 1.0)
     assert not constant.passed.any() and not edges.passed.any()
+
+
+def test_noise_stability_separates_steady_from_jumpy_maps() -> None:
+    from microcae.metrics.stability import noise_stability
+
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fixed = torch.rand(2, 32, 32, dtype=torch.float64)
+    steady = noise_stability(lambda encoder, inputs: fixed, nn.Identity(), x, fixed)
+    np.testing.assert_array_equal(steady, [1.0, 1.0])
+    identity = lambda encoder, inputs: inputs[:, 0]  # noqa: E731
+    small = noise_stability(identity, nn.Identity(), x, x[:, 0], sigma=1e-4)
+    large = noise_stability(identity, nn.Identity(), x, x[:, 0], sigma=1.0)
+    expected = [spearmanr(x[n, 0].ravel(), (x[n, 0] + noise).abs().ravel())[0] for n, noise in
+                enumerate(torch.randn(x.shape, generator=torch.Generator().manual_seed(0),
+                                      dtype=torch.float64)[:, 0] * 1.0)]
+    np.testing.assert_allclose(large, expected, rtol=1e-12)
+    assert np.all(small > 0.99) and np.all(large < 0.5)

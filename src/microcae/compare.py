@@ -31,7 +31,7 @@ from microcae.data.tiling import TileGrid
 from microcae.errors import MicrocaeError
 from microcae.figures.comparison import comparison_figure, curves_figure
 from microcae.figures.style import save_figure
-from microcae.metrics import faithfulness, microstructure, sanity
+from microcae.metrics import faithfulness, microstructure, sanity, stability
 from microcae.metrics.metric import Metric
 from microcae.model import CAE
 from microcae.runtime import to_channels_last
@@ -52,7 +52,8 @@ on 256×256 tiles on a CPU: about 12 s per tile against minutes for the coloured
 TIME = Metric("seconds_per_tile", "lower", "measured here (wall clock, this machine)",
               "time to map one tile")
 METRICS: tuple[Metric, ...] = (
-    *faithfulness.METRICS, *microstructure.METRICS, *sanity.METRICS, TIME,
+    *faithfulness.METRICS, *microstructure.METRICS, *sanity.METRICS, *stability.METRICS,
+    TIME,
 )
 """Every declared metric, in table order."""
 EXTRA_COLUMNS = {
@@ -193,6 +194,7 @@ def _measure_tiles(
             areas[f"{mode}_{kind}_auc"] = area
     rho = (sanity.randomisation_test(map_fn, model.encoder, x, seed).rho if sanity_check
            else np.full((x.shape[0], 1), np.nan))
+    steady = stability.noise_stability(map_fn, model.encoder, x, maps, seed=seed)
     conservation = (lrp_conservation(model.encoder, x, maps.to(x.dtype)).numpy()
                     if method.startswith("lrp-") else np.full(x.shape[0], np.nan))
     rows = []
@@ -203,7 +205,8 @@ def _measure_tiles(
         row.update(sanity_rho_top=float(rho[n, 0]), sanity_rho_all=float(rho[n, -1]),
                    sanity_pass=float(rho[n, -1] < sanity.SANITY_THRESHOLD)
                    if sanity_check else float("nan"),
-                   seconds_per_tile=seconds, lrp_conservation=float(conservation[n]))
+                   noise_rho=float(steady[n]), seconds_per_tile=seconds,
+                   lrp_conservation=float(conservation[n]))
         rows.append(row)
     return maps, rows, curves
 
