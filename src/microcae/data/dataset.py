@@ -43,6 +43,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def input_root(inputs: list[str | Path]) -> Path:
+    """Return the deepest folder holding every input (source ``file`` names are relative to it)."""
+    return Path(os.path.commonpath([Path(p).resolve() if Path(p).is_dir()
+                                    else Path(p).resolve().parent for p in inputs]))
+
+
 def split_sources(
     tile_counts: dict[str, int], groups: dict[str, str], test_fraction: float, seed: int
 ) -> dict[str, str]:
@@ -179,8 +185,7 @@ def prepare_dataset(
     if out.exists() and not overwrite:
         raise MicrocaeError(f"{out}: already exists (use --overwrite to replace it)")
     paths = find_images(inputs)
-    base = Path(os.path.commonpath([Path(p).resolve() if Path(p).is_dir()
-                                    else Path(p).resolve().parent for p in inputs]))
+    base = input_root(inputs)
     sources: list[dict[str, Any]] = []
     tile_arrays: list[np.ndarray] = []
     skipped: list[str] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -71,23 +71,50 @@ def comparison_figure(
     ----------
     Arumugam & Kiran (2023), complex-step CAE study, Fig. 11.
     """
-    figure = new_figure(2.6 * (1 + len(maps)), 3.2)
-    axes = figure.subplots(1, 1 + len(maps), squeeze=False)[0]
-    axes[0].imshow(tile, cmap="gray", vmin=0.0, vmax=1.0)
-    axes[0].set_title("input")
-    for axis, (name, raw) in zip(axes[1:], maps.items(), strict=True):
-        smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
-        vmin, vmax = colour_limits(smoothed)
-        image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
-        axis.set_title(_TITLES.get(name, name))
-        bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05, pad=0.04)
-        bar.ax.tick_params(labelsize=6)
-        bar.ax.locator_params(nbins=4)
-    for axis in axes:
-        axis.set_xticks([])
-        axis.set_yticks([])
+    figure = comparison_grid([("", tile, maps)])
     if title:
         figure.suptitle(title)
+    return figure
+
+
+def comparison_grid(
+    rows: Sequence[tuple[str, np.ndarray, Mapping[str, np.ndarray]]],
+) -> Figure:
+    """Several Fig. 11 rows in one figure: per row the input tile, then one panel per method.
+
+    Parameters
+    ----------
+    rows
+        ``(label, tile, maps)`` per row: a label written beside the input (may be empty), the
+        (H, W) tile in [0, 1] and method name -> (H, W) raw relevance, as in
+        :func:`comparison_figure`. Every row must have the same methods.
+
+    Returns
+    -------
+    Figure
+        ``len(rows)`` rows of ``1 + len(maps)`` panels, a colour bar under every map.
+    """
+    if not rows:
+        raise ValueError("need at least one row")
+    columns = 1 + len(rows[0][2])
+    figure = new_figure(2.6 * columns, 3.2 * len(rows))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for row_axes, (label, tile, maps) in zip(axes, rows, strict=True):
+        row_axes[0].imshow(tile, cmap="gray", vmin=0.0, vmax=1.0)
+        row_axes[0].set_title("input")
+        row_axes[0].set_ylabel(label, fontsize=8)
+        for axis, (name, raw) in zip(row_axes[1:], maps.items(), strict=True):
+            smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
+            vmin, vmax = colour_limits(smoothed)
+            image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
+            axis.set_title(_TITLES.get(name, name))
+            bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05,
+                                  pad=0.04)
+            bar.ax.tick_params(labelsize=6)
+            bar.ax.locator_params(nbins=4)
+        for axis in row_axes:
+            axis.set_xticks([])
+            axis.set_yticks([])
     return figure
 
 

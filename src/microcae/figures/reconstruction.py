@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from microcae.figures.style import new_figure, save_figure
 
@@ -17,6 +18,16 @@ def plot_reconstructions(
     path: str | Path,
     captions: Sequence[str] | None = None,
 ) -> Path:
+    """Write :func:`reconstruction_figure` to the PNG ``path`` (atomically); return the path."""
+    return save_figure(reconstruction_figure(originals, reconstructions, titles, captions), path)
+
+
+def reconstruction_figure(
+    originals: Sequence[np.ndarray],
+    reconstructions: Sequence[np.ndarray],
+    titles: Sequence[str],
+    captions: Sequence[str] | None = None,
+) -> Figure:
     """Draw inputs (top row) above their reconstructions (bottom row) in grey, 0..1 fixed scale.
 
     Parameters
@@ -25,8 +36,6 @@ def plot_reconstructions(
         Equal-length sequences of (H, W) images on the [0, 1] scale.
     titles
         One title per column (e.g. file stems).
-    path
-        Output PNG, written atomically.
     captions
         Optional text under each reconstruction (e.g. its PSNR/SSIM).
     """
@@ -49,4 +58,4 @@ def plot_reconstructions(
         if column == 0:
             top.set_ylabel("input", fontsize=8)
             bottom.set_ylabel("reconstruction", fontsize=8)
-    return save_figure(figure, path)
+    return figure

@@ -1,0 +1,39 @@
+"""``microcae report``: re-measure every claim of the study and write REPRODUCTION.md."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
+from microcae.reproduction import FULL, QUICK, measure, write_report
+
+
+@click.command("report")
+@images_argument
+@out_dir_option
+@model_option
+@click.option("--study-like", "study_like", multiple=True, metavar="GROUP",
+              help="Sub-folder of ferrite-pearlite steels like the study's (repeatable); the "
+                   "dark-phase claim is judged on them.")
+@click.option("--quick", is_flag=True,
+              help="Tiny settings that check the pipeline in seconds (numbers not quotable).")
+@progress_option
+def command(images: tuple[Path, ...], out_dir: Path, model_path: Path | None,
+            study_like: tuple[str, ...], quick: bool, progress: bool) -> None:
+    """Re-measure the study's claims on IMAGES (files or folders) and write OUT/REPRODUCTION.md.
+
+    Folders are tiled and split by source image as 'microcae prepare' does; the report, its two
+    figures and report.json (every number) are written only once every measurement succeeded.
+    """
+    measured = measure(images, model_path, QUICK if quick else FULL, study_like, progress)
+    command_line = "microcae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_report(measured, out_dir, command_line)
+    click.echo(f"report written in {measured.numbers['seconds']['total']:.0f} s:")
+    for claim in measured.numbers["claims"]:
+        click.echo(f"  {claim['verdict']:>13}  {claim['claim']}")
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
