@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench report clean
 
 $(BIN)/microcae: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest -q
+
+# The reproduction report (docs/REPRODUCTION.md) from the shared micrographs beside the repo.
+SHARED ?= ../shared/micrographs
+REPORT_GROUPS := aisi1045_decarb_optical nist_lowcarbon_steel_optical zr_hydride_optical ni_superalloy_sem
+report: setup
+	$(BIN)/microcae report $(addprefix $(SHARED)/,$(REPORT_GROUPS)) \
+		--study-like aisi1045_decarb_optical --study-like nist_lowcarbon_steel_optical --out docs
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py

@@ -180,13 +180,14 @@ def _method_summary(comparison: Comparison, images: set[str] | None) -> dict[str
 
 
 def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
-    """Draw inputs over reconstructions: the first test tile of each group (up to four)."""
-    picked: dict[str, int] = {}
+    """Draw inputs over reconstructions: the middle test tile of each group (up to four)."""
+    by_group: dict[str, list[int]] = {}
     group_of = {s["file"]: s["group"] for s in data.manifest["sources"]}
     for record in data.manifest["tiles"]:
-        group = group_of[record["source"]]
-        if record["split"] == "test" and group not in picked and len(picked) < FIG10_COLUMNS:
-            picked[group] = record["index"]
+        if record["split"] == "test":
+            by_group.setdefault(group_of[record["source"]], []).append(record["index"])
+    picked = {group: indices[len(indices) // 2]
+              for group, indices in list(by_group.items())[:FIG10_COLUMNS]}
     tiles = _to8(data.tiles[list(picked.values())])
     rebuilt = _reconstruct(model, tiles)
     captions = []
