@@ -102,7 +102,10 @@ def render(numbers: Mapping, paths: Mapping[str, str]) -> str:
         "(AUROC 0.5). Dark phase: pixels at or below the tile's Otsu threshold; boundaries: the "
         "edge of that phase. `*_share`: share of tiles with AUROC > 0.5. Consistency "
         "measures: " + "; ".join(f"`{k}` = {v}" for k, v in CONSISTENCY_MEASURES.items())
-        + ". Definitions: [comparison.md](comparison.md).",
+        + ". Definitions: [comparison.md](comparison.md). Otsu's dark phase is whatever is "
+        "darker than the tile's threshold: where a tile holds a dark band that is not the "
+        "secondary phase (mounting resin, an etching gradient), that band counts as dark phase "
+        "too, so look at the Fig. 11 rows before reading the AUROCs.",
         "",
     ]
     if comparison["study_like"]:

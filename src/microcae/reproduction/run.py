@@ -286,8 +286,9 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
     numbers = {
         "settings": asdict(settings), "microcae": __version__, "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "model": {"path": str(model_path or BUNDLED_MODEL), "fingerprint":
-                  decoder_fingerprint(model)},
+        "model": {"path": str(model_path) if model_path else
+                  f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
+                  f"{BUNDLED_MODEL.name})", "fingerprint": decoder_fingerprint(model)},
         "data": data_summary, "study_like_groups": list(study_like),
         "claims": [c.as_dict() for c in claim_rows],
         "reconstruction": reconstruction, "storage": storage, "exactness": exactness,
