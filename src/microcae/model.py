@@ -138,7 +138,11 @@ class ModelFile:
     microcae_version: str = ""
 
 
-def _state_fingerprint(state: dict[str, torch.Tensor], prefix: str, extra: str) -> str:
+def state_fingerprint(state: dict[str, torch.Tensor], prefix: str, extra: str) -> str:
+    """SHA-256 (hex) of ``extra`` and the tensors of ``state`` whose names start with ``prefix``.
+
+    Tensors enter in name order, each with its name, dtype and shape, then its CPU bytes.
+    """
     digest = hashlib.sha256(extra.encode("utf-8"))
     for name in sorted(k for k in state if k.startswith(prefix)):
         tensor = state[name].detach().to("cpu").contiguous()
@@ -149,7 +153,7 @@ def _state_fingerprint(state: dict[str, torch.Tensor], prefix: str, extra: str) 
 
 def decoder_fingerprint(model: CAE) -> str:
     """SHA-256 (hex) of the decoder's configuration and weights: what a latent file is tied to."""
-    return _state_fingerprint(model.state_dict(), "decoder.", model.config.to_json())
+    return state_fingerprint(model.state_dict(), "decoder.", model.config.to_json())
 
 
 def save_model(model: CAE, path: str | Path, provenance: dict[str, Any] | None = None) -> None:

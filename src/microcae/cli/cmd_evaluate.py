@@ -16,6 +16,7 @@ from microcae.errors import MicrocaeError
 from microcae.figures.rate_distortion import plot_rate_distortion
 from microcae.metrics.rate_distortion import CLASSICAL_CODECS, markdown_table, rate_distortion
 from microcae.model import load_model
+from microcae.rd.model import read_rd_model_file
 
 
 @click.command("evaluate")
@@ -28,13 +29,21 @@ from microcae.model import load_model
               help="Use at most this many tiles, evenly spaced over the split [default: all].")
 @click.option("--codec", "codecs", type=click.Choice(list(CLASSICAL_CODECS)), multiple=True,
               help="Classical codecs to compare with (repeatable) [default: all].")
+@click.option("--rd-model", "rd_paths", type=click.Path(path_type=Path, dir_okay=False),
+              multiple=True,
+              help="RD model from 'microcae train-rd' to add, entropy-coded (repeatable).")
 @progress_option
 def command(data: Path, model_path: Path | None, out_dir: Path, split: str,
-            max_tiles: int | None, codecs: tuple[str, ...], progress: bool) -> None:
+            max_tiles: int | None, codecs: tuple[str, ...], rd_paths: tuple[Path, ...],
+            progress: bool) -> None:
     """Rate–distortion table (rd.json, rd.md) and plot (rd.png) on the tiles of DATA.
 
     DATA is a set written by 'microcae prepare'; its test split holds whole held-out images.
     """
+    rd_models = [(path.name.removesuffix(".safetensors"), read_rd_model_file(path).model)
+                 for path in rd_paths]
+    if len({name for name, _ in rd_models}) != len(rd_models):
+        raise MicrocaeError("--rd-model files must have different names")
     prepared = load_dataset(data)
     indices = prepared.indices(split)
     if len(indices) == 0:
@@ -44,7 +53,8 @@ def command(data: Path, model_path: Path | None, out_dir: Path, split: str,
                                     .astype(int))]
     tiles = to_uint8(np.asarray(prepared.tiles[indices]))
     model = load_model(model_path)
-    report = rate_distortion(model, tiles, codecs or tuple(CLASSICAL_CODECS), progress=progress)
+    report = rate_distortion(model, tiles, codecs or tuple(CLASSICAL_CODECS), progress=progress,
+                             rd_models=rd_models)
     report["data"] = {"path": str(data), "manifest_sha256": prepared.manifest_sha256,
                       "split": split, "tile_indices": [int(i) for i in indices]}
     table = markdown_table(report)

@@ -12,7 +12,8 @@ model_option = click.option(
     "model_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Model file (.safetensors) written by 'microcae train'. Default: the bundled model.",
+    help="Model file (.safetensors) written by 'microcae train' (or 'microcae train-rd' for "
+         "encode/decode). Default: the bundled model.",
 )
 out_dir_option = click.option(
     "--out",

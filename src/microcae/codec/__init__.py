@@ -1,16 +1,17 @@
-"""Latent container files: quantisation, tiling of whole micrographs, zstd, encryption.
+"""Latent container files: quantisation or entropy coding, tiling, zstd, encryption.
 
 The public entry points are :func:`encode_image` / :func:`decode_bytes` for one image in memory
 and :func:`encode_files` / :func:`decode_files` for what the command line does. The byte layout
 is specified in ``docs/FORMAT.md``.
 """
 
-from microcae.codec.container import SUFFIX, LatentHeader, SourceInfo, parse_header
+from microcae.codec.container import ENTROPY, SUFFIX, LatentHeader, SourceInfo, parse_header
 from microcae.codec.crypto import Secret, generate_key, read_key_file, write_key_file
 from microcae.codec.latent_files import (
     DecodedImage,
     decode_bytes,
     decode_files,
+    default_dtype,
     encode_files,
     encode_image,
     open_latent_file,
@@ -18,6 +19,7 @@ from microcae.codec.latent_files import (
 from microcae.codec.quantise import LATENT_DTYPES
 
 __all__ = [
+    "ENTROPY",
     "LATENT_DTYPES",
     "SUFFIX",
     "DecodedImage",
@@ -26,6 +28,7 @@ __all__ = [
     "SourceInfo",
     "decode_bytes",
     "decode_files",
+    "default_dtype",
     "encode_files",
     "encode_image",
     "generate_key",

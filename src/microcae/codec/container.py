@@ -5,7 +5,8 @@ Layout (all integers little-endian; the full specification is ``docs/FORMAT.md``
     fixed header   84 bytes   magic, version, flags, types, image and tile geometry,
                               value scaling, decoder fingerprint, payload length
     key block      40 bytes   only if encrypted: key kind, key id, nonce, scrypt salt/cost
-    payload        n bytes    quantised latents, optionally zstd-compressed, optionally
+    payload        n bytes    quantised latents (or range-coded integer latents of an RD
+                              model), optionally zstd-compressed, optionally
                               AES-256-GCM encrypted (then the 16-byte tag ends it)
     checksum        4 bytes   only if not encrypted: CRC-32 of every byte before it
 
@@ -23,9 +24,11 @@ import numpy as np
 import zstandard
 
 from microcae.codec import crypto
-from microcae.codec.quantise import LATENT_DTYPES, dequantise, payload_size, quantise
+from microcae.codec.quantise import dequantise, payload_size, quantise
 from microcae.data.tiling import TileGrid
 from microcae.errors import MicrocaeError
+from microcae.rd.coder import decode_symbols, encode_symbols
+from microcae.rd.tables import EntropyTables
 
 MAGIC = b"\x89MCL\r\n\x1a\n"
 """File signature: a non-ASCII byte, "MCL" (microcae latent), and line-ending bytes that
@@ -44,7 +47,10 @@ MAX_SIDE = 1 << 20
 MAX_PIXELS = 1 << 31
 MAX_PAYLOAD = 1 << 32
 
-_DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3}
+ENTROPY = "entropy"
+"""Latent coding of RD models: integer latents range-coded with the model's stored tables
+(:mod:`microcae.rd.coder`); the payload's size depends on the content."""
+_DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3, ENTROPY: 4}
 _SCALING_CODES = {"full": 1, "range": 2}
 _SOURCE_CODES = {
     name: code
@@ -95,7 +101,8 @@ class LatentHeader:
     latent_channels, latent_side
         Per tile, the latent is (latent_channels, latent_side, latent_side).
     latent_dtype
-        Storage type, a key of :data:`microcae.codec.quantise.LATENT_DTYPES`.
+        Storage type, a key of :data:`microcae.codec.quantise.LATENT_DTYPES`, or
+        :data:`ENTROPY`.
     compressed
         Whether the payload went through zstd.
     fingerprint
@@ -159,6 +166,7 @@ def write_container(
     latent_dtype: str = "uint8",
     compress: bool = True,
     secret: crypto.Secret | None = None,
+    tables: EntropyTables | None = None,
 ) -> bytes:
     """Serialise one image's latents into a latent file.
 
@@ -174,26 +182,36 @@ def write_container(
     fingerprint
         64 hex characters: :func:`microcae.model.decoder_fingerprint` of the model.
     latent_dtype
-        ``"float32"``, ``"float16"`` or ``"uint8"``.
+        ``"float32"``, ``"float16"``, ``"uint8"`` or ``"entropy"`` (latents rounded to integers
+        and range-coded with ``tables``).
     compress
-        Pass the quantised payload through zstd (level 19).
+        Pass the quantised payload through zstd (level 19). Must be False for ``"entropy"``.
     secret
         Encrypt with this key or passphrase (AES-256-GCM, header as associated data).
+    tables
+        The RD model's code tables; required for ``"entropy"``, ignored otherwise.
 
     Returns
     -------
     bytes
         The complete file.
     """
-    if latent_dtype not in LATENT_DTYPES:
+    if latent_dtype not in _DTYPE_CODES:
         raise ValueError(f"unknown latent dtype {latent_dtype!r}")
+    if latent_dtype == ENTROPY and (tables is None or compress):
+        raise ValueError("entropy coding needs the model's tables and no zstd stage")
     if source.scaling not in _SCALING_CODES:
         raise ValueError(f"unknown scaling {source.scaling!r}")
     grid = TileGrid(source.shape, tile=tile, stride=tile, remainder="pad")
     latents = np.asarray(latents)
     if latents.ndim != 4 or latents.shape[0] != len(grid) or latents.shape[2] != latents.shape[3]:
         raise ValueError(f"latents of shape {latents.shape} do not fit {len(grid)} square tiles")
-    body = quantise(latents, latent_dtype)
+    if latent_dtype == ENTROPY:
+        if not np.all(np.isfinite(latents)):
+            raise ValueError("latents contain NaN or infinite values")
+        body = encode_symbols(np.rint(latents), tables)
+    else:
+        body = quantise(latents, latent_dtype)
     if compress:
         body = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
     block, key = crypto.new_key_block(secret) if secret is not None else (None, b"")
@@ -270,11 +288,18 @@ def parse_header(data: bytes, label: str) -> LatentHeader:
         compressed=bool(flags & FLAG_ZSTD), fingerprint=fingerprint.hex(), key_block=block,
         payload_bytes=payload,
     )
-    raw = payload_size(header.latent_dtype, header.latent_shape)
-    _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
     tag = crypto.TAG_BYTES if encrypted else 0
-    _check(payload >= tag and (header.compressed or payload == raw + tag), label,
-           f"payload length {payload} does not match the latent shape")
+    if header.latent_dtype == ENTROPY:
+        values = int(np.prod(header.latent_shape, dtype=np.int64))
+        _check(4 * values <= MAX_PAYLOAD, label, f"{values} latents is implausibly many")
+        _check(not header.compressed, label, "zstd flag on entropy-coded latents")
+        _check(tag <= payload <= MAX_PAYLOAD and (payload - tag) % 4 == 0, label,
+               f"payload length {payload} is not a whole number of coded words")
+    else:
+        raw = payload_size(header.latent_dtype, header.latent_shape)
+        _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
+        _check(payload >= tag and (header.compressed or payload == raw + tag), label,
+               f"payload length {payload} does not match the latent shape")
     if len(data) < header.file_bytes:
         raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, the header promises "
                             f"{header.file_bytes})")
@@ -299,10 +324,10 @@ def _decompress(body: bytes, expected: int, label: str) -> bytes:
     return out
 
 
-def read_container(
+def unseal(
     data: bytes, label: str, secret: crypto.Secret | None = None
-) -> tuple[LatentHeader, np.ndarray]:
-    """Parse, verify (checksum or authentication tag) and unpack a latent file.
+) -> tuple[LatentHeader, bytes]:
+    """Parse and verify (checksum or authentication tag) a latent file; undo zstd.
 
     Parameters
     ----------
@@ -315,8 +340,8 @@ def read_container(
 
     Returns
     -------
-    header, latents
-        The parsed header and (T, C, h, w) float32 latents (dequantised).
+    header, body
+        The parsed header and the stored latents as bytes (for :func:`unpack`).
 
     Raises
     ------
@@ -334,7 +359,47 @@ def read_container(
         if zlib.crc32(data[:end]) != stored:
             raise MicrocaeError(f"{label}: corrupt file (checksum mismatch)")
         body = data[start:end]
-    raw = payload_size(header.latent_dtype, header.latent_shape)
     if header.compressed:
-        body = _decompress(body, raw, label)
-    return header, dequantise(body, header.latent_dtype, header.latent_shape, label)
+        body = _decompress(body, payload_size(header.latent_dtype, header.latent_shape), label)
+    return header, body
+
+
+def unpack(header: LatentHeader, body: bytes, label: str,
+           tables: EntropyTables | None = None) -> np.ndarray:
+    """Turn a verified body (from :func:`unseal`) into (T, C, h, w) float32 latents.
+
+    ``tables`` (the RD model's code tables) are needed for entropy-coded files only; check the
+    model's fingerprint against the header before decoding with them.
+
+    Raises
+    ------
+    MicrocaeError
+        If the body is corrupt, or the file is entropy-coded and no tables are given.
+    """
+    if header.latent_dtype != ENTROPY:
+        return dequantise(body, header.latent_dtype, header.latent_shape, label)
+    if tables is None:
+        raise MicrocaeError(f"{label}: entropy-coded latents need the RD model they were made "
+                            "with")
+    return decode_symbols(body, tables, header.latent_shape, label).astype(np.float32)
+
+
+def read_container(
+    data: bytes, label: str, secret: crypto.Secret | None = None,
+    tables: EntropyTables | None = None,
+) -> tuple[LatentHeader, np.ndarray]:
+    """Parse, verify and unpack a latent file: :func:`unseal`, then :func:`unpack`.
+
+    Returns
+    -------
+    header, latents
+        The parsed header and (T, C, h, w) float32 latents (dequantised or decoded).
+
+    Raises
+    ------
+    MicrocaeError
+        For every kind of damage, a missing or wrong secret, tampering, and entropy-coded files
+        without ``tables``.
+    """
+    header, body = unseal(data, label, secret)
+    return header, unpack(header, body, label, tables)

@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 from microcae.atomic import atomic_path, write_bytes_atomic
 from microcae.codec.container import (
+    ENTROPY,
     SUFFIX,
     LatentHeader,
     SourceInfo,
-    read_container,
+    unpack,
+    unseal,
     write_container,
 )
 from microcae.codec.crypto import Secret
@@ -32,7 +34,7 @@ from microcae.data.images import Micrograph, find_images, read_micrograph
 from microcae.data.tiling import TileGrid, stitch_tiles
 from microcae.errors import MicrocaeError
 from microcae.inference import encode_micrograph
-from microcae.model import CAE, decoder_fingerprint
+from microcae.rd.model import RDCAE, CodecModel, model_fingerprint
 
 DECODE_BATCH = 4
 
@@ -56,10 +58,15 @@ class DecodedImage:
     header: LatentHeader
 
 
+def default_dtype(model: CodecModel) -> str:
+    """Latent storage a model encodes with by default: ``"entropy"`` for RD models, else uint8."""
+    return ENTROPY if isinstance(model, RDCAE) else "uint8"
+
+
 def encode_image(
-    model: CAE,
+    model: CodecModel,
     micrograph: Micrograph,
-    latent_dtype: str = "uint8",
+    latent_dtype: str | None = None,
     compress: bool = True,
     secret: Secret | None = None,
     tile: int = 256,
@@ -69,30 +76,37 @@ def encode_image(
     Parameters
     ----------
     model
-        The autoencoder; its encoder makes the latents, its decoder's fingerprint goes into
-        the header.
+        The autoencoder (CAE or RD model); its encoder makes the latents, its fingerprint
+        (:func:`microcae.rd.model.model_fingerprint`) goes into the header.
     micrograph
         The image, any size (the border is reflect-padded to whole tiles).
     latent_dtype
-        ``"float32"`` (4 bytes per latent value), ``"float16"`` (2) or ``"uint8"`` (1).
+        ``"float32"`` (4 bytes per latent value), ``"float16"`` (2), ``"uint8"`` (1) or
+        ``"entropy"`` (RD models only: rounded latents, range-coded); None:
+        :func:`default_dtype`.
     compress
-        Add the zstd stage.
+        Add the zstd stage (never applied to entropy-coded latents).
     secret
         Encrypt with this key or passphrase.
     tile
         Tile side in pixels, a multiple of ``model.config.downsample``.
     """
+    latent_dtype = latent_dtype or default_dtype(model)
+    entropy = latent_dtype == ENTROPY
+    if entropy and not isinstance(model, RDCAE):
+        raise MicrocaeError("entropy coding needs an RD model (from 'microcae train-rd')")
     if tile % model.config.downsample:
         raise MicrocaeError(f"tile {tile} is not a multiple of {model.config.downsample}")
     latents, _ = encode_micrograph(model, micrograph.pixels, tile=tile)
     source = SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
                         micrograph.value_range)
-    return write_container(latents, source, tile, decoder_fingerprint(model), latent_dtype,
-                           compress, secret)
+    return write_container(latents, source, tile, model_fingerprint(model), latent_dtype,
+                           compress and not entropy, secret,
+                           model.tables if entropy else None)
 
 
 def open_latent_file(
-    model: CAE, data: bytes, label: str, secret: Secret | None = None
+    model: CodecModel, data: bytes, label: str, secret: Secret | None = None
 ) -> tuple[LatentHeader, np.ndarray]:
     """Verify a latent file's bytes against ``model`` and return its header and latents.
 
@@ -107,8 +121,8 @@ def open_latent_file(
         If the file is damaged, tampered with, needs another secret, or was made for another
         decoder (fingerprint mismatch).
     """
-    header, latents = read_container(data, label, secret)
-    mine = decoder_fingerprint(model)
+    header, body = unseal(data, label, secret)
+    mine = model_fingerprint(model)
     if mine != header.fingerprint:
         raise MicrocaeError(
             f"{label}: made for another decoder (file fingerprint {header.fingerprint[:12]}..., "
@@ -118,11 +132,12 @@ def open_latent_file(
         header.tile != header.latent_side * model.config.downsample
     ):
         raise MicrocaeError(f"{label}: corrupt header (latent shape does not fit the decoder)")
-    return header, latents
+    tables = model.tables if isinstance(model, RDCAE) else None
+    return header, unpack(header, body, label, tables)
 
 
 @torch.no_grad()
-def decode_tiles(model: CAE, latents: np.ndarray, grid: TileGrid) -> np.ndarray:
+def decode_tiles(model: CodecModel, latents: np.ndarray, grid: TileGrid) -> np.ndarray:
     """Decode (T, C, h, w) latents in float64 and stitch them into the (H, W) float64 image."""
     decoder = copy.deepcopy(model.decoder).to(torch.float64).eval()
     tiles = np.empty((len(grid), grid.tile, grid.tile), dtype=np.float64)
@@ -156,14 +171,14 @@ def to_stored_units(pixels: np.ndarray, source: SourceInfo) -> np.ndarray:
     return np.rint(pixels * 65535.0).astype(np.uint16)
 
 
-def render(model: CAE, header: LatentHeader, latents: np.ndarray) -> DecodedImage:
+def render(model: CodecModel, header: LatentHeader, latents: np.ndarray) -> DecodedImage:
     """Decode verified latents (from :func:`open_latent_file`) to an image of the original shape."""
     pixels = np.clip(decode_tiles(model, latents, header.grid), 0.0, 1.0)
     return DecodedImage(pixels.astype(np.float32), to_stored_units(pixels, header.source), header)
 
 
 def decode_bytes(
-    model: CAE, data: bytes, label: str, secret: Secret | None = None
+    model: CodecModel, data: bytes, label: str, secret: Secret | None = None
 ) -> DecodedImage:
     """Verify and decode the bytes of one latent file into an image of the original shape."""
     return render(model, *open_latent_file(model, data, label, secret))
@@ -180,10 +195,10 @@ def _unique_outputs(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path
 
 
 def encode_files(
-    model: CAE,
+    model: CodecModel,
     inputs: list[str | Path],
     out_dir: str | Path,
-    latent_dtype: str = "uint8",
+    latent_dtype: str | None = None,
     compress: bool = True,
     secret: Secret | None = None,
     progress: bool = True,
@@ -210,7 +225,7 @@ def encode_files(
 
 
 def decode_files(
-    model: CAE,
+    model: CodecModel,
     files: list[str | Path],
     out_dir: str | Path,
     secret: Secret | None = None,

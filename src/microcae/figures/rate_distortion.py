@@ -9,6 +9,14 @@ from microcae.figures.style import new_figure, save_figure
 _MARKERS = {"float32": "o", "float16": "s", "uint8": "D"}
 
 
+def _rd_series(rows: list[dict]) -> dict[str, list[dict]]:
+    """RD model rows grouped by architecture (channel widths), each sorted by bpp."""
+    series: dict[str, list[dict]] = {}
+    for row in rows:
+        series.setdefault(",".join(map(str, row["channels"])), []).append(row)
+    return {name: sorted(points, key=lambda p: p["bpp"]) for name, points in series.items()}
+
+
 def plot_rate_distortion(report: dict, path: str | Path) -> Path:
     """Draw a :func:`microcae.metrics.rate_distortion.rate_distortion` report.
 
@@ -22,7 +30,9 @@ def plot_rate_distortion(report: dict, path: str | Path) -> Path:
     Returns
     -------
     Path
-        ``path``. Two panels share a logarithmic bpp axis: mean PSNR (dB) and mean SSIM.
+        ``path``. Two panels share a logarithmic bpp axis: mean PSNR (dB) and mean SSIM;
+        classical codecs as curves, CAE storage types as black markers, RD models as stars
+        joined per architecture.
     """
     figure = new_figure(9.0, 3.6)
     for column, (key, label) in enumerate((("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))):
@@ -34,6 +44,9 @@ def plot_rate_distortion(report: dict, path: str | Path) -> Path:
             axes.plot(cae["bpp"], cae[key], _MARKERS.get(cae["latent_dtype"], "o"),
                       color="black", mfc="black" if cae["zstd"] else "white",
                       label=f"CAE {cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}")
+        for channels, points in _rd_series(report.get("rd", [])).items():
+            axes.plot([p["bpp"] for p in points], [p[key] for p in points], "*--", ms=8,
+                      label=f"RD CAE {channels}")
         axes.set_xscale("log")
         axes.set_xlabel("bits per pixel (file size, headers included)")
         axes.set_ylabel(label)

@@ -1,5 +1,8 @@
 """Rate–distortion of CAE latent files against JPEG, WebP and JPEG 2000 at matched bytes.
 
+RD models (:mod:`microcae.rd`) are measured the same way: one entropy-coded latent file per
+tile, the classical codecs matched to its bytes tile by tile.
+
 Every rate is the size of a real file (headers included) divided by the tile's pixel count
 (bits per pixel, bpp; the 8-bit source is 8 bpp). For each CAE storage configuration the
 classical codecs are run per tile at the highest quality whose file is no larger than the CAE's
@@ -24,6 +27,7 @@ from microcae.codec.quantise import LATENT_DTYPES
 from microcae.data.images import Micrograph
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.model import CAE, decoder_fingerprint
+from microcae.rd.model import RDCAE, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,19 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
 
 
+def _matched_rows(caches: dict[str, _TileCache], tile: np.ndarray,
+                  budget: int) -> dict[str, tuple[dict[str, float], bool]]:
+    """Per codec: the score row at the best setting within ``budget`` bytes, and if it is over.
+
+    "Over" means even the codec's lowest setting needs more than ``budget`` bytes.
+    """
+    out = {}
+    for name, cache in caches.items():
+        stored = cache.bytes_at(cache.best_within(budget))
+        out[name] = (_score_row(tile, decode_image(stored), len(stored)), len(stored) > budget)
+    return out
+
+
 def cae_configurations(dtypes: Sequence[str] = tuple(LATENT_DTYPES)) -> list[tuple[str, bool]]:
     """(latent dtype, zstd) pairs evaluated for the CAE: every dtype with and without zstd."""
     return [(dtype, compress) for dtype in dtypes for compress in (False, True)]
@@ -154,6 +171,7 @@ def rate_distortion(
     codecs: Sequence[str] = tuple(CLASSICAL_CODECS),
     dtypes: Sequence[str] = tuple(LATENT_DTYPES),
     progress: bool = True,
+    rd_models: Sequence[tuple[str, RDCAE]] = (),
 ) -> dict[str, object]:
     """Measure the CAE's latent files and classical codecs on the same 8-bit tiles.
 
@@ -169,14 +187,18 @@ def rate_distortion(
         Latent storage types to evaluate (each with and without zstd).
     progress
         Show a progress bar on stderr.
+    rd_models
+        (name, RD model) pairs; each tile is also encoded as one entropy-coded latent file per
+        RD model.
 
     Returns
     -------
     dict
         JSON-ready report: ``cae`` (one row per storage configuration), ``matched`` (one row
-        per configuration and classical codec at the CAE's per-tile bytes), ``curves``
-        (classical RD curves at fixed settings), ``png_bpp`` (lossless reference) and context.
-        Rows hold means over tiles of ``bytes``, ``bpp``, ``mse``, ``psnr_db`` and ``ssim``.
+        per configuration and classical codec at the CAE's per-tile bytes), ``rd`` and
+        ``rd_matched`` (the same for each RD model), ``curves`` (classical RD curves at fixed
+        settings), ``png_bpp`` (lossless reference) and context. Rows hold means over tiles of
+        ``bytes``, ``bpp``, ``mse``, ``psnr_db`` and ``ssim``.
     """
     tiles = np.asarray(tiles)
     if tiles.ndim != 3 or tiles.dtype != np.uint8 or len(tiles) == 0:
@@ -185,6 +207,9 @@ def rate_distortion(
     cae_rows: dict[tuple[str, bool], list] = {c: [] for c in configs}
     matched: dict[tuple[str, bool, str], list] = {(*c, k): [] for c in configs for k in codecs}
     over_budget = dict.fromkeys(matched, 0)
+    rd_rows: dict[str, list] = {name: [] for name, _ in rd_models}
+    rd_matched: dict[tuple[str, str], list] = {(n, k): [] for n, _ in rd_models for k in codecs}
+    rd_over = dict.fromkeys(rd_matched, 0)
     curve_index = {k: np.unique(np.linspace(0, len(CLASSICAL_CODECS[k].settings) - 1,
                                             CURVE_POINTS).round().astype(int)) for k in codecs}
     curves: dict[str, list[list]] = {k: [[] for _ in curve_index[k]] for k in codecs}
@@ -201,12 +226,16 @@ def rate_distortion(
             if dtype not in decoded_by_dtype:  # zstd is lossless: decode once per dtype
                 decoded_by_dtype[dtype] = decode_bytes(model, data, "tile").stored
             cae_rows[(dtype, compress)].append(_score_row(tile, decoded_by_dtype[dtype], len(data)))
-            for name, cache in caches.items():
-                index = cache.best_within(len(data))
-                stored = cache.bytes_at(index)
-                over_budget[(dtype, compress, name)] += len(stored) > len(data)
-                matched[(dtype, compress, name)].append(
-                    _score_row(tile, decode_image(stored), len(stored)))
+            for name, (row, over) in _matched_rows(caches, tile, len(data)).items():
+                over_budget[(dtype, compress, name)] += over
+                matched[(dtype, compress, name)].append(row)
+        for label, rd_model in rd_models:
+            data = encode_image(rd_model, micrograph, tile=tile.shape[0])
+            decoded = decode_bytes(rd_model, data, "tile").stored
+            rd_rows[label].append(_score_row(tile, decoded, len(data)))
+            for name, (row, over) in _matched_rows(caches, tile, len(data)).items():
+                rd_over[(label, name)] += over
+                rd_matched[(label, name)].append(row)
         for name, cache in caches.items():
             for slot, index in enumerate(curve_index[name]):
                 stored = cache.bytes_at(int(index))
@@ -223,6 +252,11 @@ def rate_distortion(
              **_mean(matched[(d, z, k)])}
             for d, z, k in matched
         ],
+        "rd": [{"model": name, "fingerprint": model_fingerprint(rd_model),
+                "channels": list(rd_model.config.channels), **_mean(rd_rows[name])}
+               for name, rd_model in rd_models],
+        "rd_matched": [{"model": n, "codec": k, "over_budget_tiles": rd_over[(n, k)],
+                        **_mean(rd_matched[(n, k)])} for n, k in rd_matched],
         "curves": {
             name: [{"setting": CLASSICAL_CODECS[name].label.format(
                         CLASSICAL_CODECS[name].settings[int(index)]), **_mean(rows)}
@@ -249,12 +283,18 @@ def markdown_table(report: dict) -> str:
         return (f"| {storage} | {codec} | {entry['bpp']:.4f} | {8.0 / entry['bpp']:.1f} | "
                 f"{entry['psnr_db']:.2f} | {entry['ssim']:.4f} | {entry['mse']:.5f} |")
 
+    def codec_row(storage: str, entry: dict) -> str:
+        over = entry["over_budget_tiles"]
+        return row(storage, entry["codec"] + (f" ({over} tiles over)" if over else ""), entry)
+
     for cae in report["cae"]:
         storage = f"{cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}"
         lines.append(row(storage, "**CAE**", cae))
-        for entry in report["matched"]:
-            if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"]):
-                note = f" ({entry['over_budget_tiles']} tiles over)" if entry[
-                    "over_budget_tiles"] else ""
-                lines.append(row(storage, entry["codec"] + note, entry))
+        lines += [codec_row(storage, entry) for entry in report["matched"]
+                  if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"])]
+    for rd in report.get("rd", []):
+        storage = f"RD model {rd['model']} (entropy)"
+        lines.append(row(storage, "**RD CAE**", rd))
+        lines += [codec_row(storage, entry) for entry in report["rd_matched"]
+                  if entry["model"] == rd["model"]]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,256 @@
+"""The rate–distortion-trained CAE: a CAE plus a factorized prior and its stored code tables.
+
+``RDCAE`` speaks ``forward`` / ``compress`` / ``decompress``: ``forward`` gives the training
+quantities (reconstruction through rounded latents, likelihoods of the noisy latents, bits per
+pixel), ``compress`` the integer latents, ``decompress`` the image from them. Byte-level coding
+of the integers is :mod:`microcae.rd.coder`; files are :mod:`microcae.codec`.
+
+Model files are safetensors with ``format = "microcae.rdcae"``: encoder, decoder and prior
+weights, the int32 code tables (:mod:`microcae.rd.tables`) and the configuration as JSON metadata.
+Loading never unpickles, and the tables are read from the file, never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from microcae import __version__
+from microcae.atomic import atomic_path
+from microcae.errors import MicrocaeError
+from microcae.model import (
+    BUNDLED_MODEL,
+    CAE,
+    MODEL_FORMAT,
+    CAEConfig,
+    build_decoder,
+    build_encoder,
+    decoder_fingerprint,
+    read_model_file,
+    state_fingerprint,
+)
+from microcae.rd.entropy_model import FactorizedPrior
+from microcae.rd.tables import EntropyTables, build_tables
+
+RD_MODEL_FORMAT = "microcae.rdcae"
+RD_MODEL_FORMAT_VERSION = "1"
+
+ARCHITECTURES: dict[str, CAEConfig] = {
+    "study": CAEConfig(),
+    "wide": CAEConfig(channels=(64, 64, 64, 32)),
+}
+"""Named CAE architectures for ``microcae train-rd --arch``. ``study``: the paper's network
+(latent 16×16×8 per 256² tile); ``wide``: same depth, 64 channels in every hidden stage and a
+16×16×32 latent (4× the latent values, which the entropy coder makes cheap where they are
+predictable)."""
+
+
+@dataclass(frozen=True)
+class RDConfig:
+    """Architecture of an :class:`RDCAE`: the CAE's configuration and the prior's hidden widths."""
+
+    cae: CAEConfig = field(default_factory=CAEConfig)
+    filters: tuple[int, ...] = (3, 3, 3)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        if not 1 <= len(self.filters) <= 6 or not all(1 <= f <= 32 for f in self.filters):
+            raise ValueError(f"filters must be 1..6 widths in 1..32, got {self.filters}")
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object string."""
+        return json.dumps({"cae": json.loads(self.cae.to_json()), "filters": list(self.filters)},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RDConfig:
+        """Parse :meth:`to_json` output; raises ``ValueError`` on anything else."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != {"cae", "filters"}:
+            raise ValueError("unexpected configuration fields")
+        return cls(CAEConfig.from_json(json.dumps(data["cae"])), tuple(data["filters"]))
+
+
+class RDCAE(nn.Module):
+    """CAE whose integer latents are entropy coded with a learned factorized prior.
+
+    ``encoder`` and ``decoder`` are those of :class:`microcae.model.CAE` with configuration
+    ``config`` (so saliency, tiling and decoding code treat both alike); ``prior`` models each
+    latent channel's distribution; ``tables`` are its integer code tables (None until
+    :meth:`update_tables` or loading).
+    """
+
+    def __init__(self, rd_config: RDConfig | None = None) -> None:
+        super().__init__()
+        self.rd_config = rd_config or RDConfig()
+        self.config = self.rd_config.cae
+        self.encoder = build_encoder(self.config)
+        self.decoder = build_decoder(self.config)
+        self.prior = FactorizedPrior(self.config.latent_channels, self.rd_config.filters)
+        self.tables: EntropyTables | None = None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass on (N, 1, H, W) images in [0, 1].
+
+        Returns
+        -------
+        dict
+            ``x_hat`` (N, 1, H, W): decoded from the rounded latents (straight-through gradient);
+            ``likelihoods`` (N, C, h, w): prior mass of the latents plus uniform noise U(-½, ½)
+            in training, of the rounded latents in eval mode; ``bpp``: scalar, the summed
+            ``-log2`` likelihood per image pixel.
+        """
+        y = self.encoder(x)
+        rounded = y + (torch.round(y) - y).detach()
+        noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else rounded
+        likelihoods = self.prior.likelihood(noisy)
+        bpp = -torch.log2(likelihoods).sum() / (x.shape[0] * x.shape[-2] * x.shape[-1])
+        return {"x_hat": self.decoder(rounded), "likelihoods": likelihoods, "bpp": bpp}
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer latents (N, C, h, w) int32 of (N, 1, H, W) images (rounded, int16-clamped)."""
+        from microcae.rd.tables import VALUE_MAX, VALUE_MIN
+
+        return torch.round(self.encoder(x)).clamp(VALUE_MIN, VALUE_MAX).to(torch.int32)
+
+    @torch.no_grad()
+    def decompress(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Images (N, 1, H, W) from integer latents (N, C, h, w)."""
+        weight = self.decoder[1].weight
+        return self.decoder(symbols.to(weight.device, weight.dtype))
+
+    def update_tables(self) -> EntropyTables:
+        """Build (and keep) the integer code tables from the current prior."""
+        self.tables = build_tables(self.prior)
+        return self.tables
+
+
+CodecModel = CAE | RDCAE
+"""Any model the latent files can be made with."""
+
+
+def _fingerprint_tensors(model: RDCAE) -> dict[str, torch.Tensor]:
+    if model.tables is None:
+        raise MicrocaeError("the RD model has no code tables (call update_tables first)")
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
+    return {**state, **model.tables.to_tensors()}
+
+
+def model_fingerprint(model: CodecModel) -> str:
+    """SHA-256 (hex) that a latent file is tied to.
+
+    For a :class:`~microcae.model.CAE`: :func:`microcae.model.decoder_fingerprint`. For an
+    :class:`RDCAE`: its configuration JSON, decoder weights and int32 code tables, so a file
+    never decodes with other tables.
+    """
+    if isinstance(model, RDCAE):
+        return state_fingerprint(_fingerprint_tensors(model), "", model.rd_config.to_json())
+    return decoder_fingerprint(model)
+
+
+@dataclass
+class RDModelFile:
+    """A loaded RD model and the provenance stored with it."""
+
+    model: RDCAE
+    provenance: dict[str, Any] = field(default_factory=dict)
+    microcae_version: str = ""
+
+
+def save_rd_model(model: RDCAE, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+    """Build the code tables from the prior and write everything as safetensors, atomically.
+
+    Parameters
+    ----------
+    model
+        The trained model; its ``tables`` are (re)computed here from ``prior``.
+    path
+        Target file.
+    provenance
+        JSON-serialisable facts about the training (lambda, data, epochs, ...).
+    """
+    model.update_tables()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors.update(model.tables.to_tensors())
+    metadata = {
+        "format": RD_MODEL_FORMAT,
+        "format_version": RD_MODEL_FORMAT_VERSION,
+        "config": model.rd_config.to_json(),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+        "microcae_version": __version__,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _read_safetensors(path: Path, tensors: bool = True
+                      ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise MicrocaeError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return metadata, load_file(str(path)) if tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
+
+
+def read_rd_model_file(path: str | Path) -> RDModelFile:
+    """Load a model saved by :func:`save_rd_model` (eval mode, CPU), never unpickling.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is missing, not an RD model, of an unknown format version, or its weights
+        or code tables do not match its stored configuration.
+    """
+    path = Path(path)
+    metadata, tensors = _read_safetensors(path)
+    if metadata.get("format") != RD_MODEL_FORMAT:
+        raise MicrocaeError(f"{path}: not a microcae RD model (no '{RD_MODEL_FORMAT}' metadata)")
+    if metadata.get("format_version") != RD_MODEL_FORMAT_VERSION:
+        raise MicrocaeError(
+            f"{path}: RD model format version {metadata.get('format_version')!r} is not supported"
+        )
+    try:
+        config = RDConfig.from_json(metadata["config"])
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
+    model = RDCAE(config)
+    expected = model.state_dict()
+    weights = {k: v for k, v in tensors.items() if not k.startswith("tables.")}
+    if set(weights) != set(expected) or any(
+        weights[k].shape != expected[k].shape or not weights[k].is_floating_point()
+        for k in expected
+    ):
+        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
+    if not all(torch.isfinite(t).all() for t in weights.values()):
+        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+    model.tables = EntropyTables.from_tensors(tensors, str(path))
+    if model.tables.channels != config.cae.latent_channels:
+        raise MicrocaeError(f"{path}: code tables do not match the latent channels")
+    model.eval()
+    return RDModelFile(model, provenance, metadata.get("microcae_version", ""))
+
+
+def load_codec_model(path: str | Path | None = None) -> CodecModel:
+    """Load a CAE or an RD model by its file's ``format`` metadata (None: the bundled CAE)."""
+    if path is None:
+        return read_model_file(BUNDLED_MODEL).model
+    metadata, _ = _read_safetensors(Path(path), tensors=False)
+    if metadata.get("format") == RD_MODEL_FORMAT:
+        return read_rd_model_file(path).model
+    if metadata.get("format") != MODEL_FORMAT:
+        raise MicrocaeError(f"{path}: not a microcae model (format {metadata.get('format')!r})")
+    return read_model_file(path).model
