@@ -73,6 +73,18 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(dataset, tmp_
     assert losses(resumed.history) == losses(reference.history)
 
 
+def test_a_note_reaches_the_provenance_and_refinishing_keeps_the_weights(dataset, tmp_path):
+    first = train(dataset, tmp_path / "m.safetensors", SETTINGS, progress=False)
+    assert "note" not in read_model_file(tmp_path / "m.safetensors").provenance
+    again = train(dataset, tmp_path / "m.safetensors", SETTINGS, resume=True, progress=False,
+                  note="epochs 1-3 ran elsewhere")
+    stored = read_model_file(tmp_path / "m.safetensors")
+    assert stored.provenance["note"] == "epochs 1-3 ran elsewhere"
+    assert stored.provenance["epochs_completed"] == 3
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[key], value), key
+
+
 def test_resume_can_extend_a_finished_run(dataset, tmp_path):
     reference = train(dataset, tmp_path / "ref.safetensors", SETTINGS, progress=False)
     out = tmp_path / "run.safetensors"

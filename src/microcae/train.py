@@ -277,6 +277,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     device: str = "cpu",
+    note: str | None = None,
 ) -> TrainResult:
     """Train a CAE on a prepared set; checkpoint every epoch; write the model and its logs.
 
@@ -299,6 +300,9 @@ def train(
         ``"cpu"`` or ``"cuda"`` for a single-process run (under ``torchrun`` each process uses
         its local GPU if there is one). Checkpoints are device-independent: a run started on a
         GPU can be resumed on the CPU.
+    note
+        Free text stored in the model's provenance (e.g. where earlier epochs of a resumed run
+        were computed).
 
     Returns
     -------
@@ -309,12 +313,12 @@ def train(
     """
     with process_group(device) as group:
         return _train(data, Path(out), settings or TrainSettings(), resume, progress, on_epoch,
-                      group)
+                      group, note)
 
 
 def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, progress: bool,
            on_epoch: Callable[[dict[str, float]], None] | None,
-           group: ProcessGroup) -> TrainResult:
+           group: ProcessGroup, note: str | None) -> TrainResult:
     from microcae.figures.training import plot_loss_curve
 
     configure_allocator()
@@ -375,6 +379,8 @@ def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, 
         "processes": group.world_size,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if note:
+        provenance["note"] = note
     save_model(model, out, provenance)
     write_history(history, files["log_csv"], files["log_json"])
     plot_loss_curve(history, files["loss_png"])

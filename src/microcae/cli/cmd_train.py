@@ -32,11 +32,14 @@ def _report_epoch(row: dict[str, float]) -> None:
               help="Encoder widths, comma-separated (decoder mirrors them).")
 @click.option("--resume", is_flag=True,
               help="Continue from NAME.checkpoint.safetensors after an interrupted run.")
+@click.option("--note", default=None,
+              help="Free text kept in the model's provenance (e.g. how earlier epochs ran).")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda (single process; torchrun picks each process's GPU itself).")
 @progress_option
 def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-            augment: bool, channels: str, resume: bool, device: str, progress: bool) -> None:
+            augment: bool, channels: str, resume: bool, note: str | None, device: str,
+            progress: bool) -> None:
     """Train the autoencoder on DATA (a folder written by 'microcae prepare')."""
     try:
         widths = tuple(int(c) for c in channels.split(","))
@@ -47,7 +50,7 @@ def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              augment=augment, model=architecture)
     result = train(load_dataset(data), out, settings, resume=resume, progress=progress,
-                   on_epoch=_report_epoch, device=device)
+                   on_epoch=_report_epoch, device=device, note=note)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
     last = result.history[-1]
