@@ -65,3 +65,39 @@ def zoo_encoder() -> nn.Sequential:
         nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(3, 2, 3, padding=1, stride=2),
         nn.Sigmoid(), nn.Dropout(0.2), nn.Identity(),
     ).double().eval()
+
+
+def laplace_tables(channels: int, length: int = 9, offset: int = -2):
+    """Hand-made integer code tables (no float evaluation): a peaked pmf per channel + escape."""
+    from microcae.rd.tables import EntropyTables, quantise_pmf
+
+    rows = []
+    for c in range(channels):
+        pmf = np.exp(-np.abs(np.arange(length - 1) + offset) / (1.0 + c))
+        rows.append(quantise_pmf(np.append(pmf / pmf.sum() * 0.999, 0.001)))
+    return EntropyTables(np.full(channels, offset, dtype=np.int32),
+                         np.full(channels, length, dtype=np.int32),
+                         np.stack(rows).astype(np.int32))
+
+
+@pytest.fixture(scope="session")
+def tiny_rd(tmp_path_factory):
+    """A small RD model (2 stages: 4 -> 4 channels) trained for seconds on synthetic tiles.
+
+    Returns ``(model, path of its file, training history)``.
+    """
+    from microcae.data.dataset import PreparedSet
+    from microcae.model import CAEConfig
+    from microcae.rd.train import RDTrainSettings, train_rd
+    from microcae.train import TrainSettings
+
+    tiles = np.stack([synthetic_micrograph(64, 64, seed=s) for s in range(10)])
+    manifest = {"tiles": [{"index": i, "split": "test" if i >= 8 else "train"}
+                          for i in range(10)]}
+    data = PreparedSet(Path("synthetic"), (tiles / np.float32(255)).astype(np.float32),
+                       manifest, "0" * 64)
+    settings = RDTrainSettings(lmbda=0.01, base=TrainSettings(
+        epochs=8, batch_size=4, lr=3e-3, model=CAEConfig(channels=(4, 4))))
+    path = tmp_path_factory.mktemp("rd") / "tiny_rd.safetensors"
+    result = train_rd(data, path, settings, progress=False)
+    return result.model, path, result.history

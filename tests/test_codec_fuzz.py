@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import laplace_tables
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +23,21 @@ from microcae.errors import MicrocaeError
 
 KEY = Secret(key=bytes(range(32)))
 SOURCE = SourceInfo((20, 40), "uint8", "full", (0.0, 255.0))
+TABLES = laplace_tables(4)
+"""Code tables for the entropy-coded files (RD models); ignored by the other storage types."""
 
 
 def _file(dtype: str = "uint8", compress: bool = True, secret: Secret | None = None) -> bytes:
     latents = np.random.default_rng(1).random((6, 4, 4, 4)).astype(np.float32)
+    if dtype == "entropy":  # integers -3..5: in the tables' range and escapes
+        return write_container(latents * 9 - 3, SOURCE, 16, "cd" * 32, dtype, False, secret,
+                               TABLES)
     return write_container(latents, SOURCE, 16, "cd" * 32, dtype, compress, secret)
 
 
 def _reads_or_refuses(data: bytes, secret: Secret | None = None) -> None:
     try:
-        read_container(data, "fuzz", secret)
+        read_container(data, "fuzz", secret, TABLES)
     except MicrocaeError as error:
         message = str(error)
         assert message.startswith("fuzz: ") and "\n" not in message
@@ -39,26 +45,28 @@ def _reads_or_refuses(data: bytes, secret: Secret | None = None) -> None:
 
 def _refuses(data: bytes, secret: Secret | None = None) -> str:
     with pytest.raises(MicrocaeError) as caught:
-        read_container(data, "fuzz", secret)
+        read_container(data, "fuzz", secret, TABLES)
     assert "\n" not in str(caught.value)
     return str(caught.value)
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-@pytest.mark.parametrize("compress", [False, True])
-def test_every_truncation_is_refused(encrypted, compress):
+@pytest.mark.parametrize(("dtype", "compress"), [("uint8", False), ("uint8", True),
+                                                 ("entropy", False)])
+def test_every_truncation_is_refused(encrypted, dtype, compress):
     secret = KEY if encrypted else None
-    data = _file(compress=compress, secret=secret)
-    read_container(data, "fuzz", secret)
+    data = _file(dtype, compress=compress, secret=secret)
+    read_container(data, "fuzz", secret, TABLES)
     for length in range(len(data)):
         _refuses(data[:length], secret)
     assert "unexpected bytes" in _refuses(data + b"\x00", secret)
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-def test_every_bit_flip_in_the_header_is_refused(encrypted):
+@pytest.mark.parametrize("dtype", ["uint8", "entropy"])
+def test_every_bit_flip_in_the_header_is_refused(encrypted, dtype):
     secret = KEY if encrypted else None
-    data = _file(secret=secret)
+    data = _file(dtype, secret=secret)
     header_end = FIXED_HEADER_BYTES + (40 if encrypted else 0)
     for position in range(header_end):
         for bit in range(8):
@@ -68,9 +76,10 @@ def test_every_bit_flip_in_the_header_is_refused(encrypted):
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-def test_every_byte_flip_in_payload_and_trailer_is_refused(encrypted):
+@pytest.mark.parametrize("dtype", ["uint8", "entropy"])
+def test_every_byte_flip_in_payload_and_trailer_is_refused(encrypted, dtype):
     secret = KEY if encrypted else None
-    data = _file(secret=secret)
+    data = _file(dtype, secret=secret)
     start = FIXED_HEADER_BYTES + (40 if encrypted else 0)
     for position in range(start, len(data)):
         damaged = bytearray(data)
@@ -89,7 +98,7 @@ def test_random_bytes_are_refused(data):
 @settings(max_examples=400, deadline=None)
 @example(dtype="uint8", compress=True, edits=[(125, 124)])  # found: float32 overflow on dequantise
 @given(
-    dtype=st.sampled_from(["float32", "float16", "uint8"]),
+    dtype=st.sampled_from(["float32", "float16", "uint8", "entropy"]),
     compress=st.booleans(),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1,
                    max_size=6),
@@ -106,10 +115,11 @@ def test_edits_with_a_repaired_checksum_never_crash_the_parser(dtype, compress, 
 @settings(max_examples=200, deadline=None)
 @given(height=st.integers(0, 2**32 - 1), width=st.integers(0, 2**32 - 1),
        tile=st.integers(0, 2**16 - 1), side=st.integers(0, 2**16 - 1),
-       channels=st.integers(0, 2**16 - 1), payload=st.integers(0, 2**64 - 1))
+       channels=st.integers(0, 2**16 - 1), payload=st.integers(0, 2**64 - 1),
+       dtype=st.sampled_from(["uint8", "entropy"]))
 def test_hostile_geometry_fields_are_refused_before_allocation(height, width, tile, side,
-                                                                channels, payload):
-    data = bytearray(_file(compress=False))
+                                                                channels, payload, dtype):
+    data = bytearray(_file(dtype, compress=False))
     struct.pack_into("<HII", data, 14, tile, height, width)
     struct.pack_into("<HH", data, 40, channels, side)
     struct.pack_into("<Q", data, 76, payload)
