@@ -36,8 +36,11 @@ def test_estimated_bits_agree_with_the_coded_size(tiny_rd):
     x = torch.from_numpy(np.stack([synthetic_micrograph(64, 64, seed=s)
                                    for s in (20, 21, 22)]) / np.float32(255))[:, None]
     with torch.no_grad():
-        estimate = float(model(x)["bpp"]) * x.shape[0] * 64 * 64
-    symbols = model.compress(x).numpy()
+        out = model(x)
+    estimate = float(out["bpp"]) * x.shape[0] * 64 * 64
+    symbols = model.compress(x)["symbols"].numpy()
+    np.testing.assert_allclose(model.decompress(torch.from_numpy(symbols))["x_hat"],
+                               out["x_hat"], atol=1e-6)
     coded = 8 * len(encode_symbols(symbols, model.tables))
     assert estimate > 1000  # a real rate, not an empty code
     assert abs(coded - estimate) <= 0.03 * estimate + 64

@@ -37,7 +37,7 @@ from microcae.model import (
     state_fingerprint,
 )
 from microcae.rd.entropy_model import FactorizedPrior
-from microcae.rd.tables import EntropyTables, build_tables
+from microcae.rd.tables import VALUE_MAX, VALUE_MIN, EntropyTables, build_tables
 
 RD_MODEL_FORMAT = "microcae.rdcae"
 RD_MODEL_FORMAT_VERSION = "1"
@@ -115,17 +115,23 @@ class RDCAE(nn.Module):
         return {"x_hat": self.decoder(rounded), "likelihoods": likelihoods, "bpp": bpp}
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer latents (N, C, h, w) int32 of (N, 1, H, W) images (rounded, int16-clamped)."""
-        from microcae.rd.tables import VALUE_MAX, VALUE_MIN
+    def compress(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Integer latents of (N, 1, H, W) images in [0, 1].
 
-        return torch.round(self.encoder(x)).clamp(VALUE_MIN, VALUE_MAX).to(torch.int32)
+        Returns
+        -------
+        dict
+            ``symbols``: (N, C, H/d, W/d) int32, the encoder's output rounded (half to even)
+            and clamped to the int16 range, as :mod:`microcae.rd.coder` codes them.
+        """
+        y = torch.round(self.encoder(x))
+        return {"symbols": y.clamp(VALUE_MIN, VALUE_MAX).to(torch.int32)}
 
     @torch.no_grad()
-    def decompress(self, symbols: torch.Tensor) -> torch.Tensor:
-        """Images (N, 1, H, W) from integer latents (N, C, h, w)."""
-        weight = self.decoder[1].weight
-        return self.decoder(symbols.to(weight.device, weight.dtype))
+    def decompress(self, symbols: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decode integer latents (N, C, h, w): returns ``x_hat`` (N, 1, h·d, w·d)."""
+        weight = next(self.decoder.parameters())
+        return {"x_hat": self.decoder(symbols.to(weight.device, weight.dtype))}
 
     def update_tables(self) -> EntropyTables:
         """Build (and keep) the integer code tables from the current prior."""
