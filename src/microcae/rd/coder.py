@@ -94,24 +94,24 @@ def decode_symbols(data: bytes, tables: EntropyTables, shape: tuple[int, int, in
     if len(data) % 4 or shape[1] != tables.channels:
         raise MicrocaeError(f"{label}: corrupt payload (coded stream does not fit the model)")
     count = shape[0] * shape[2] * shape[3]
-    out = np.empty((shape[1], count), dtype=np.int64)
+    out = np.empty((shape[1], count), dtype=np.int32)  # 4 bytes per latent, like float32
     try:
         words = np.frombuffer(data, "<u4").astype(np.uint32)
         decoder = constriction.stream.queue.RangeDecoder(words)
         escapes = []
         for c, model in enumerate(_models(tables)):
-            index = np.asarray(decoder.decode(model, count), dtype=np.int64)
+            index = np.asarray(decoder.decode(model, count), dtype=np.int32)
             escape = int(tables.lengths[c]) - 1
             out[c] = index + int(tables.offsets[c])
             escapes.append(np.flatnonzero(index == escape) + c * count)
         where = np.concatenate(escapes)
         if where.size:
             raw = decoder.decode(constriction.stream.model.Uniform(RAW_SIZE), where.size)
-            out.reshape(-1)[where] = np.asarray(raw, dtype=np.int64) + VALUE_MIN
+            out.reshape(-1)[where] = np.asarray(raw, dtype=np.int32) + VALUE_MIN
         complete = decoder.maybe_exhausted()
     except (ValueError, RuntimeError, AssertionError, OverflowError) as exc:
         raise MicrocaeError(f"{label}: corrupt payload (range decoder: {exc})") from None
     if not complete:
         raise MicrocaeError(f"{label}: corrupt payload (coded data beyond the last latent)")
-    return out.reshape(shape[1], shape[0], shape[2], shape[3]).transpose(1, 0, 2, 3).astype(
-        np.int32)
+    return np.ascontiguousarray(
+        out.reshape(shape[1], shape[0], shape[2], shape[3]).transpose(1, 0, 2, 3))
