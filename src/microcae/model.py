@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -169,16 +169,99 @@ def save_model(model: CAE, path: str | Path, provenance: dict[str, Any] | None =
         JSON-serialisable facts about how the model was made (data manifest hash, epochs, seed,
         metrics, ...). The package version is added automatically.
     """
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    write_model_file(path, model.state_dict(), MODEL_FORMAT, MODEL_FORMAT_VERSION,
+                     model.config.to_json(), provenance)
+
+
+def write_model_file(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
+                     version: str, config_json: str, provenance: dict[str, Any] | None) -> None:
+    """Write tensors (copied to contiguous CPU tensors) and model metadata, atomically.
+
+    The metadata holds ``format`` = ``kind``, ``format_version``, the configuration JSON, the
+    provenance JSON and the package version.
+    """
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {
-        "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "config": model.config.to_json(),
+        "format": kind,
+        "format_version": version,
+        "config": config_json,
         "provenance": json.dumps(provenance or {}, sort_keys=True),
         "microcae_version": __version__,
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_safetensors(path: Path, tensors: bool = True
+                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Read a safetensors model file's metadata (and tensors, on the CPU), never unpickling.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is missing or not safetensors.
+    """
+    if not path.is_file():
+        raise MicrocaeError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return metadata, load_file(str(path)) if tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
+
+
+def checked_metadata(path: Path, metadata: dict[str, str], kind: str, version: str,
+                     label: str) -> tuple[str, dict[str, Any]]:
+    """Check a model file's ``format`` and ``format_version``; return (config JSON, provenance).
+
+    Parameters
+    ----------
+    path
+        The file (for messages).
+    metadata
+        Its safetensors metadata.
+    kind, version
+        Expected ``format`` and ``format_version``.
+    label
+        What the file should be, for messages (e.g. ``"microcae model"``).
+
+    Raises
+    ------
+    MicrocaeError
+        On another format, an unsupported version or unreadable configuration/provenance.
+    """
+    if metadata.get("format") != kind:
+        raise MicrocaeError(f"{path}: not a {label} (no '{kind}' metadata)")
+    if metadata.get("format_version") != version:
+        raise MicrocaeError(
+            f"{path}: {label} format version {metadata.get('format_version')!r} is not supported"
+        )
+    try:
+        return metadata["config"], json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
+
+
+def load_checked_weights(path: Path, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load ``weights`` into ``model`` after checking names, shapes, dtype kind and finiteness.
+
+    Raises
+    ------
+    MicrocaeError
+        If the weights do not match the model built from the stored configuration, or hold NaN
+        or infinite values.
+    """
+    expected = model.state_dict()
+    if set(weights) != set(expected) or any(
+        weights[k].shape != expected[k].shape or not weights[k].is_floating_point()
+        for k in expected
+    ):
+        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
+    if not all(torch.isfinite(t).all() for t in weights.values()):
+        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
 
 
 def read_model_file(path: str | Path) -> ModelFile:
@@ -191,38 +274,15 @@ def read_model_file(path: str | Path) -> ModelFile:
         its weights do not match its stored configuration.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MicrocaeError(f"{path}: no such model file")
+    metadata, tensors = read_safetensors(path)
+    config_json, provenance = checked_metadata(path, metadata, MODEL_FORMAT, MODEL_FORMAT_VERSION,
+                                               "microcae model")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
-    if metadata.get("format") != MODEL_FORMAT:
-        raise MicrocaeError(f"{path}: not a microcae model (no '{MODEL_FORMAT}' metadata)")
-    if metadata.get("format_version") != MODEL_FORMAT_VERSION:
-        raise MicrocaeError(
-            f"{path}: model format version {metadata.get('format_version')!r} is not supported"
-        )
-    try:
-        config = CAEConfig.from_json(metadata["config"])
-        provenance = json.loads(metadata.get("provenance", "{}"))
+        config = CAEConfig.from_json(config_json)
     except (KeyError, ValueError, TypeError) as exc:
         raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
     model = CAE(config)
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(
-        tensors[k].shape != expected[k].shape or not tensors[k].is_floating_point()
-        for k in expected
-    ):
-        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
-    if not all(torch.isfinite(t).all() for t in tensors.values()):
-        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    load_checked_weights(path, model, tensors)
     model.eval()
     return ModelFile(model, provenance, metadata.get("microcae_version", ""))
 

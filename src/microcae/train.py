@@ -202,7 +202,8 @@ def _checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".safetensors") + ".checkpoint.safetensors")
 
 
-def _side_file(out: Path, suffix: str) -> Path:
+def side_file(out: Path, suffix: str) -> Path:
+    """Path beside the model file ``NAME.safetensors``: ``NAME`` + ``suffix``."""
     return out.with_name(out.name.removesuffix(".safetensors") + suffix)
 
 
@@ -358,8 +359,8 @@ def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, 
         if on_epoch:
             on_epoch(row)
     model.eval()
-    files = {"model": out, "checkpoint": checkpoint, "log_csv": _side_file(out, ".train.csv"),
-             "log_json": _side_file(out, ".train.json"), "loss_png": _side_file(out, ".loss.png")}
+    files = {"model": out, "checkpoint": checkpoint, "log_csv": side_file(out, ".train.csv"),
+             "log_json": side_file(out, ".train.json"), "loss_png": side_file(out, ".loss.png")}
     if not group.is_main:
         return TrainResult(model.cpu(), [], files, group.rank)
     final = {"train_mse": evaluate_mse(model, data.tiles, train_idx),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import progress_option
+from microcae.cli.options import progress_option, training_options
 from microcae.data.dataset import load_dataset
 from microcae.distributed import single_device
 from microcae.model import CAEConfig
@@ -22,20 +22,11 @@ def _report_epoch(row: dict[str, float]) -> None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False),
               required=True, help="Model file to write (NAME.safetensors).")
-@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Random flips and 90° rotations of training tiles.")
+@training_options
 @click.option("--channels", default="64,32,16,8", show_default=True,
               help="Encoder widths, comma-separated (decoder mirrors them).")
-@click.option("--resume", is_flag=True,
-              help="Continue from NAME.checkpoint.safetensors after an interrupted run.")
 @click.option("--note", default=None,
               help="Free text kept in the model's provenance (e.g. how earlier epochs ran).")
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu or cuda (single process; torchrun picks each process's GPU itself).")
 @progress_option
 def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
             augment: bool, channels: str, resume: bool, note: str | None, device: str,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import progress_option
+from microcae.cli.options import progress_option, training_options
 from microcae.data.dataset import load_dataset
 from microcae.distributed import single_device
 from microcae.model import CAEConfig
@@ -34,17 +34,9 @@ def _report_epoch(row: dict[str, float]) -> None:
                    "latent 16×16×32.")
 @click.option("--channels", default=None,
               help="Encoder widths, comma-separated; overrides --arch.")
-@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Random flips and 90° rotations of training tiles.")
+@training_options
 @click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Stop after the epoch in which this much training time has passed.")
-@click.option("--resume", is_flag=True,
-              help="Continue from NAME.checkpoint.safetensors after an interrupted run.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @progress_option
 def command(data: Path, out: Path, lmbda: float, arch: str, channels: str | None, epochs: int,
             batch_size: int, lr: float, seed: int, augment: bool, max_seconds: float | None,

@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from microcae import __version__
-from microcae.atomic import atomic_path
 from microcae.errors import MicrocaeError
 from microcae.model import (
     BUNDLED_MODEL,
@@ -32,9 +28,13 @@ from microcae.model import (
     CAEConfig,
     build_decoder,
     build_encoder,
+    checked_metadata,
     decoder_fingerprint,
+    load_checked_weights,
     read_model_file,
+    read_safetensors,
     state_fingerprint,
+    write_model_file,
 )
 from microcae.rd.entropy_model import FactorizedPrior
 from microcae.rd.tables import VALUE_MAX, VALUE_MIN, EntropyTables, build_tables
@@ -184,30 +184,8 @@ def save_rd_model(model: RDCAE, path: str | Path, provenance: dict[str, Any] | N
         JSON-serialisable facts about the training (lambda, data, epochs, ...).
     """
     model.update_tables()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tensors.update(model.tables.to_tensors())
-    metadata = {
-        "format": RD_MODEL_FORMAT,
-        "format_version": RD_MODEL_FORMAT_VERSION,
-        "config": model.rd_config.to_json(),
-        "provenance": json.dumps(provenance or {}, sort_keys=True),
-        "microcae_version": __version__,
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def _read_safetensors(path: Path, tensors: bool = True
-                      ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise MicrocaeError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        return metadata, load_file(str(path)) if tensors else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
+    write_model_file(path, {**model.state_dict(), **model.tables.to_tensors()}, RD_MODEL_FORMAT,
+                     RD_MODEL_FORMAT_VERSION, model.rd_config.to_json(), provenance)
 
 
 def read_rd_model_file(path: str | Path) -> RDModelFile:
@@ -220,29 +198,16 @@ def read_rd_model_file(path: str | Path) -> RDModelFile:
         or code tables do not match its stored configuration.
     """
     path = Path(path)
-    metadata, tensors = _read_safetensors(path)
-    if metadata.get("format") != RD_MODEL_FORMAT:
-        raise MicrocaeError(f"{path}: not a microcae RD model (no '{RD_MODEL_FORMAT}' metadata)")
-    if metadata.get("format_version") != RD_MODEL_FORMAT_VERSION:
-        raise MicrocaeError(
-            f"{path}: RD model format version {metadata.get('format_version')!r} is not supported"
-        )
+    metadata, tensors = read_safetensors(path)
+    config_json, provenance = checked_metadata(path, metadata, RD_MODEL_FORMAT,
+                                               RD_MODEL_FORMAT_VERSION, "microcae RD model")
     try:
-        config = RDConfig.from_json(metadata["config"])
-        provenance = json.loads(metadata.get("provenance", "{}"))
+        config = RDConfig.from_json(config_json)
     except (KeyError, ValueError, TypeError) as exc:
         raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
     model = RDCAE(config)
-    expected = model.state_dict()
-    weights = {k: v for k, v in tensors.items() if not k.startswith("tables.")}
-    if set(weights) != set(expected) or any(
-        weights[k].shape != expected[k].shape or not weights[k].is_floating_point()
-        for k in expected
-    ):
-        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
-    if not all(torch.isfinite(t).all() for t in weights.values()):
-        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+    load_checked_weights(path, model, {k: v for k, v in tensors.items()
+                                       if not k.startswith("tables.")})
     model.tables = EntropyTables.from_tensors(tensors, str(path))
     if model.tables.channels != config.cae.latent_channels:
         raise MicrocaeError(f"{path}: code tables do not match the latent channels")
@@ -254,7 +219,7 @@ def load_codec_model(path: str | Path | None = None) -> CodecModel:
     """Load a CAE or an RD model by its file's ``format`` metadata (None: the bundled CAE)."""
     if path is None:
         return read_model_file(BUNDLED_MODEL).model
-    metadata, _ = _read_safetensors(Path(path), tensors=False)
+    metadata, _ = read_safetensors(Path(path), tensors=False)
     if metadata.get("format") == RD_MODEL_FORMAT:
         return read_rd_model_file(path).model
     if metadata.get("format") != MODEL_FORMAT:

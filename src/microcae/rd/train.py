@@ -46,6 +46,7 @@ from microcae.train import (
     load_checkpoint,
     make_optimizer,
     save_checkpoint,
+    side_file,
 )
 
 GRAD_CLIP = 1.0
@@ -129,10 +130,6 @@ def _identity(settings: RDTrainSettings, data: PreparedSet) -> str:
     return json.dumps({"rd": fixed, "data": data.manifest_sha256}, sort_keys=True)
 
 
-def _side_file(out: Path, suffix: str) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + suffix)
-
-
 def train_rd(
     data: PreparedSet,
     out: str | Path,
@@ -184,7 +181,7 @@ def train_rd(
     model = to_channels_last(RDCAE(RDConfig(base.model, settings.filters))).to(where)
     optimizer = make_optimizer(model, base)
     identity = _identity(settings, data)
-    checkpoint = _side_file(out, ".checkpoint.safetensors")
+    checkpoint = side_file(out, ".checkpoint.safetensors")
     start_epoch, history = 0, []
     if resume and checkpoint.exists():
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, identity)
@@ -248,6 +245,6 @@ def train_rd(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     save_rd_model(model, out, provenance)
-    files = {"model": out, "checkpoint": checkpoint, "log_csv": _side_file(out, ".train.csv")}
+    files = {"model": out, "checkpoint": checkpoint, "log_csv": side_file(out, ".train.csv")}
     write_text_atomic(files["log_csv"], csv_text(history))
     return RDTrainResult(model, history, files)
