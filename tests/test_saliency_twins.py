@@ -232,3 +232,41 @@ def test_study_step_in_complex64_is_exact_to_single_precision():
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), truth, rtol=2e-6, atol=0)
     assert encoder[0].weight.dtype == torch.float64  # converted on a copy
+
+
+@pytest.mark.parametrize(("kernel", "padding", "pool", "size"), [
+    (3, 1, 2, (20, 26)), (5, 2, 3, (23, 19)), (3, 0, 2, (17, 16))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_input_stage_transposes_like_the_two_twins(kernel, padding, pool, size,
+                                                         channels_last):
+    from microcae.saliency.twins import Conv2dTwin, InputConvPoolTwin, ReLUMaxPoolTwin
+
+    torch.manual_seed(3)
+    conv, relu, maxpool = nn.Conv2d(1, 6, kernel, padding=padding).double(), nn.ReLU(), \
+        nn.MaxPool2d(pool)
+    fused = complexify(nn.Sequential(conv, relu, maxpool)).twins
+    assert len(fused) == 1 and isinstance(fused[0], InputConvPoolTwin)
+    separate = [Conv2dTwin(conv), ReLUMaxPoolTwin(relu, maxpool)]
+    x = torch.randn(2, 1, *size, dtype=torch.float64)
+    out, state = fused[0].real(x)
+    mid, conv_state = separate[0].real(x)
+    reference_out, pool_state = separate[1].real(mid)
+    assert torch.equal(out, reference_out)
+    ct = torch.randn(2 * 5, *out.shape[1:], dtype=torch.float64)
+    if channels_last:
+        ct = ct.contiguous(memory_format=torch.channels_last)
+    expected = separate[0].cotangent(conv_state, separate[1].cotangent(pool_state, ct))
+    got = fused[0].cotangent(state, ct)
+    assert got.shape == (10, 1, *size)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    im = torch.randn(10, 1, *size, dtype=torch.float64)
+    torch.testing.assert_close(fused[0].tangent(state, im),
+                               separate[1].tangent(pool_state, separate[0].tangent(conv_state, im)))
+
+
+def test_only_a_one_channel_input_convolution_is_fused():
+    from microcae.saliency.twins import InputConvPoolTwin
+
+    twins = complexify(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                                     nn.MaxPool2d(2))).twins
+    assert not any(isinstance(t, InputConvPoolTwin) for t in twins)
