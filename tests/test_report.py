@@ -102,7 +102,8 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     assert uint8["ratio"] == pytest.approx(256 * 256 / uint8["bytes"])
     assert 2048 < uint8["bytes"] < 2048 * 1.1  # one byte per latent value plus the header
     text = (out / "REPRODUCTION.md").read_text()
-    assert "Quick mode" in text and "microcae report" in text
+    assert "Quick mode" in text
+    assert f"    microcae report {SAMPLES} --out {out} --quick\n" in text
     assert f"{numbers['reconstruction']['test_mse']:.4f}" in text
     for name in ("fig10_reconstructions.png", "fig11_saliency.png"):
         assert (out / "reproduction" / name).read_bytes()[:4] == b"\x89PNG"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -30,7 +29,12 @@ def command(images: tuple[Path, ...], out_dir: Path, model_path: Path | None,
     figures and report.json (every number) are written only once every measurement succeeded.
     """
     measured = measure(images, model_path, QUICK if quick else FULL, study_like, progress)
-    command_line = "microcae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    words = ["microcae", "report", *map(str, images), "--out", str(out_dir)]
+    words += ["--model", str(model_path)] if model_path else []
+    for group in study_like:
+        words += ["--study-like", group]
+    words += ["--quick"] if quick else []
+    command_line = " ".join(shlex.quote(w) for w in words)
     paths = write_report(measured, out_dir, command_line)
     click.echo(f"report written in {measured.numbers['seconds']['total']:.0f} s:")
     for claim in measured.numbers["claims"]:
