@@ -103,17 +103,20 @@ def dequantise(
     if len(payload) != expected:
         raise MicrocaeError(f"{label}: corrupt payload ({len(payload)} bytes, expected {expected})")
     channels = shape[1]
-    if dtype == "uint8":
-        offset = np.frombuffer(payload, "<f4", channels, 0).astype(np.float64)
-        scale = np.frombuffer(payload, "<f4", channels, 4 * channels).astype(np.float64)
-        if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale)) and np.all(scale >= 0)):
-            raise MicrocaeError(f"{label}: corrupt quantisation parameters")
-        codes = np.frombuffer(payload, np.uint8, offset=8 * channels).reshape(shape)
-        values = offset[None, :, None, None] + codes * scale[None, :, None, None]
-    else:
-        values = np.frombuffer(payload, "<f4" if dtype == "float32" else "<f2").reshape(shape)
-    if not np.all(np.isfinite(values)) or (
-        values.size and float(np.abs(values).max()) > _FLOAT32_MAX
-    ):
-        raise MicrocaeError(f"{label}: corrupt payload (latent values are not finite float32)")
+    with np.errstate(invalid="ignore", over="ignore"):  # damaged bytes may hold NaN or inf:
+        # they are refused below, not warned about (a signalling NaN warns when cast)
+        if dtype == "uint8":
+            offset = np.frombuffer(payload, "<f4", channels, 0).astype(np.float64)
+            scale = np.frombuffer(payload, "<f4", channels, 4 * channels).astype(np.float64)
+            if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale))
+                    and np.all(scale >= 0)):
+                raise MicrocaeError(f"{label}: corrupt quantisation parameters")
+            codes = np.frombuffer(payload, np.uint8, offset=8 * channels).reshape(shape)
+            values = offset[None, :, None, None] + codes * scale[None, :, None, None]
+        else:
+            values = np.frombuffer(payload, "<f4" if dtype == "float32" else "<f2").reshape(shape)
+        if not np.all(np.isfinite(values)) or (
+            values.size and float(np.abs(values).max()) > _FLOAT32_MAX
+        ):
+            raise MicrocaeError(f"{label}: corrupt payload (latent values are not finite float32)")
     return np.asarray(values, dtype=np.float32)
