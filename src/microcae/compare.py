@@ -151,12 +151,19 @@ class Comparison:
     panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
-    def summary(self) -> list[dict]:
-        """Per method: tile count and the mean of every column over tiles (NaNs skipped)."""
+    def summary(self, images: set[str] | None = None) -> list[dict]:
+        """Per method: tile count and the mean of every column over tiles (NaNs skipped).
+
+        ``images``: only the tiles of these image paths (default: all); methods with no tile
+        there are left out.
+        """
         columns = [m.name for m in METRICS] + list(EXTRA_COLUMNS)
         table = []
         for method in self.methods:
-            rows = [r for r in self.rows if r["method"] == method]
+            rows = [r for r in self.rows if r["method"] == method
+                    and (images is None or r["image"] in images)]
+            if not rows:
+                continue
             entry: dict = {"method": method, "tiles": len(rows)}
             for column in columns:
                 values = np.array([r[column] for r in rows], dtype=np.float64)

@@ -40,7 +40,7 @@ from torch import nn
 
 from microcae.codec.container import SourceInfo, read_container, write_container
 from microcae.data.dataset import PreparedSet
-from microcae.data.images import to_uint8
+from microcae.data.images import round_to_8bit, to_uint8
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.model import CAE, build_decoder, decoder_fingerprint
 
@@ -196,9 +196,8 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     started = time.perf_counter()
     leaks = list(leaks)
     down = owner.config.downsample
-    as8 = lambda idx: to_uint8(np.asarray(prepared.tiles[idx])) / np.float32(255)  # noqa: E731
-    owner_tiles = as8(prepared.indices("test")).astype(np.float32)
-    public = as8(prepared.indices("train")).astype(np.float32)
+    owner_tiles = round_to_8bit(prepared.tiles[prepared.indices("test")])
+    public = round_to_8bit(prepared.tiles[prepared.indices("train")])
     order = rng.permutation(len(owner_tiles))
     leaked_pool = order[: max(leaks, default=0)]
     evaluation = order[max(leaks, default=0):][:eval_tiles]

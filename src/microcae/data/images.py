@@ -70,6 +70,21 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(pixels, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def round_to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Round [0, 1] floats to the nearest of the 256 grey levels of an 8-bit image (float32)."""
+    return (to_uint8(pixels) / np.float32(255)).astype(np.float32)
+
+
+def uint8_tile(tile: np.ndarray) -> Micrograph:
+    """Wrap an (H, W) uint8 tile as an 8-bit grey :class:`Micrograph` scaled by 0..255.
+
+    Unlike :func:`micrograph_from_array` it accepts constant tiles (a uniform background).
+    """
+    return Micrograph(pixels=(np.asarray(tile) / np.float32(255)).astype(np.float32),
+                      path="tile", source_dtype="uint8", colour="grey",
+                      value_range=(0.0, 255.0), scaling="full")
+
+
 def _load_array(path: Path) -> np.ndarray:
     if not path.exists():
         raise MicrocaeError(f"{path}: no such file")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from microcae.codec import decode_bytes, encode_image
 from microcae.codec.quantise import LATENT_DTYPES
-from microcae.data.images import Micrograph
+from microcae.data.images import uint8_tile
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.model import CAE, decoder_fingerprint
 from microcae.rd.model import RDCAE, model_fingerprint
@@ -215,9 +215,7 @@ def rate_distortion(
     curves: dict[str, list[list]] = {k: [[] for _ in curve_index[k]] for k in codecs}
     png_sizes = []
     for tile in tqdm(tiles, desc="rate-distortion", unit="tile", disable=not progress):
-        micrograph = Micrograph(pixels=(tile / np.float32(255)).astype(np.float32), path="tile",
-                                source_dtype="uint8", colour="grey", value_range=(0.0, 255.0),
-                                scaling="full")
+        micrograph = uint8_tile(tile)
         png_sizes.append(png_bytes(tile))
         decoded_by_dtype: dict[str, np.ndarray] = {}
         caches = {k: _TileCache(CLASSICAL_CODECS[k], tile) for k in codecs}

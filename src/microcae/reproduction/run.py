@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 from microcae import __version__
 from microcae.atomic import write_text_atomic
 from microcae.codec import encode_image
-from microcae.codec.attack import NO_LEAK_SCENARIOS, decoder_attack
+from microcae.codec.attack import NO_LEAK_SCENARIOS, decoder_attack, run_batched
 from microcae.compare import FIGURE_METHODS, Comparison, compare_images
 from microcae.data.dataset import PreparedSet, input_root, prepare_dataset
-from microcae.data.images import Micrograph, to_uint8
+from microcae.data.images import round_to_8bit, to_uint8, uint8_tile
 from microcae.errors import MicrocaeError
 from microcae.figures.comparison import comparison_grid
 from microcae.figures.reconstruction import reconstruction_figure
@@ -43,6 +43,8 @@ REPORT_NAME = "REPRODUCTION.md"
 ASSET_DIR = "reproduction"
 """Sub-folder of the output for the figures and the JSON of every number."""
 COMPARED_METHODS = (*FIGURE_METHODS, "random")
+SUMMARY_COLUMNS = ("tiles", "dark_auroc", "boundary_auroc", "noise_rho", "sanity_pass",
+                   "deletion_latent_auc", "insertion_latent_auc", "seconds_per_tile")
 FIG10_COLUMNS = 4
 
 
@@ -99,21 +101,14 @@ class Measured:
     fig11: Figure
 
 
-def _to8(tiles: np.ndarray) -> np.ndarray:
-    """(T, H, W) tiles on the [0, 1] scale rounded to 8-bit grey levels, back on [0, 1]."""
-    return (to_uint8(np.asarray(tiles)) / np.float32(255)).astype(np.float32)
-
-
 def _reconstruct(model: CAE, tiles: np.ndarray) -> np.ndarray:
     """(T, H, W) -> (T, H, W) reconstructions in float32."""
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(tiles[i:i + 8])[:, None])[:, 0].numpy()
-                               for i in range(0, len(tiles), 8)])
+    return run_batched(model, tiles[:, None])[:, 0]
 
 
 def _reconstruction(model: CAE, data: PreparedSet) -> dict:
-    test = _to8(data.tiles[data.indices("test")])
-    rebuilt = _to8(_reconstruct(model, test))
+    test = round_to_8bit(data.tiles[data.indices("test")])
+    rebuilt = round_to_8bit(_reconstruct(model, test))
     rows = [reconstruction_scores(o, r).as_dict() for o, r in zip(test, rebuilt, strict=True)]
     return {"train_mse": evaluate_mse(model, data.tiles, data.indices("train")),
             "test_mse": evaluate_mse(model, data.tiles, data.indices("test")),
@@ -125,12 +120,8 @@ def _storage(model: CAE, tiles: np.ndarray) -> list[dict]:
     """Mean latent file size per storage configuration over 8-bit tiles (header included)."""
     rows = []
     for dtype, compress in cae_configurations():
-        sizes = []
-        for tile in tiles:
-            micrograph = Micrograph(pixels=tile, path="tile", source_dtype="uint8",
-                                    colour="grey", value_range=(0.0, 255.0), scaling="full")
-            sizes.append(len(encode_image(model, micrograph, dtype, compress,
-                                          tile=tile.shape[0])))
+        sizes = [len(encode_image(model, uint8_tile(to_uint8(tile)), dtype, compress,
+                                  tile=tile.shape[0])) for tile in tiles]
         size = float(np.mean(sizes))
         rows.append({"label": dtype + (" + zstd" if compress else ""), "bytes": size,
                      "ratio": tiles[0].size / size, "bpp": 8.0 * size / tiles[0].size})
@@ -153,28 +144,20 @@ def _compared_images(data: PreparedSet, inputs: Sequence[str | Path], study_like
 
 
 def _method_summary(comparison: Comparison, images: set[str] | None) -> dict[str, dict]:
-    """Per method: means of the claim-relevant columns over tiles (of ``images`` if given)."""
+    """Summarise each method for the claims over tiles (of ``images`` if given).
+
+    Means of :data:`SUMMARY_COLUMNS`, plus the shares of tiles whose dark-phase and boundary
+    AUROC exceed 0.5.
+    """
     summary = {}
-    for method in comparison.methods:
+    for entry in comparison.summary(images):
+        method = entry["method"]
         rows = [r for r in comparison.rows if r["method"] == method
                 and (images is None or r["image"] in images)]
-        if not rows:
-            continue
-
-        def mean(key: str, rows: list[dict] = rows) -> float:
-            values = np.array([r[key] for r in rows], dtype=np.float64)
-            return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
-        def share(key: str, rows: list[dict] = rows) -> float:
-            return float(np.mean([r[key] > 0.5 for r in rows]))
-
         summary[method] = {
-            "tiles": len(rows), "dark_auroc": mean("dark_auroc"),
-            "boundary_auroc": mean("boundary_auroc"), "dark_share": share("dark_auroc"),
-            "boundary_share": share("boundary_auroc"), "noise_rho": mean("noise_rho"),
-            "sanity_pass": mean("sanity_pass"), "deletion_latent_auc": mean("deletion_latent_auc"),
-            "insertion_latent_auc": mean("insertion_latent_auc"),
-            "seconds_per_tile": mean("seconds_per_tile"),
+            **{key: entry[key] for key in SUMMARY_COLUMNS},
+            "dark_share": float(np.mean([r["dark_auroc"] > 0.5 for r in rows])),
+            "boundary_share": float(np.mean([r["boundary_auroc"] > 0.5 for r in rows])),
         }
     return summary
 
@@ -188,11 +171,11 @@ def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
             by_group.setdefault(group_of[record["source"]], []).append(record["index"])
     picked = {group: indices[len(indices) // 2]
               for group, indices in list(by_group.items())[:FIG10_COLUMNS]}
-    tiles = _to8(data.tiles[list(picked.values())])
+    tiles = round_to_8bit(data.tiles[list(picked.values())])
     rebuilt = _reconstruct(model, tiles)
     captions = []
     for original, result in zip(tiles, rebuilt, strict=True):
-        score = reconstruction_scores(original, _to8(result))
+        score = reconstruction_scores(original, round_to_8bit(result))
         captions.append(f"PSNR {score.psnr_db:.1f} dB, SSIM {score.ssim:.2f}")
     titles = [group or "test tile" for group in picked]
     figure = reconstruction_figure(list(tiles), list(rebuilt), titles, captions)
@@ -236,7 +219,7 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
         if len(data.indices("test")) == 0:
             raise MicrocaeError("the micrographs give no test tiles: add images")
         tile_side = data.tiles.shape[1]
-        test = _to8(data.tiles[data.indices("test")])
+        test = round_to_8bit(data.tiles[data.indices("test")])
         with torch.no_grad():
             latent = tuple(model.encoder(torch.zeros(1, 1, tile_side, tile_side)).shape[1:])
         tick = time.perf_counter()
