@@ -1,4 +1,4 @@
-"""Attack experiment on "the decoder is the key": see :mod:`microcae.codec.attack`.
+"""Attack experiment on "the decoder is the key": see :mod:`microcae.evaluation.attack`.
 
 Run (about 5 minutes on 2 CPU cores with the defaults)::
 
@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from microcae.atomic import write_text_atomic
-from microcae.codec.attack import attack_table, decoder_attack
 from microcae.data.dataset import load_dataset
-from microcae.model import load_model
+from microcae.evaluation.attack import attack_table, decoder_attack
+from microcae.models.cae import load_model
+from microcae.util.atomic import write_text_atomic
 
 
 def main() -> None:  # noqa: D103

@@ -39,9 +39,9 @@ def run(job: tuple[str, tuple[int, ...], float, str, str, float, str]) -> str:
 
     torch.set_num_threads(2)
     from microcae.data.dataset import load_dataset
-    from microcae.model import CAEConfig
-    from microcae.rd.train import RDTrainSettings, train_rd
-    from microcae.train import TrainSettings
+    from microcae.models.cae import CAEConfig
+    from microcae.training.loop import TrainSettings
+    from microcae.training.rd import RDTrainSettings, train_rd
 
     settings = RDTrainSettings(lmbda=lmbda, max_seconds=seconds, base=TrainSettings(
         epochs=100_000, augment=True, model=CAEConfig(channels=channels)))

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from microcae.data.images import read_micrograph
-from microcae.model import BUNDLED_MODEL, CAE, load_model
-from microcae.runtime import configure_allocator
+from microcae.models.cae import BUNDLED_MODEL, CAE, load_model
 from microcae.saliency import relevance
 from microcae.saliency.engines import passes
+from microcae.util.runtime import configure_allocator
 
 DEFAULT_IMAGE = (Path(__file__).resolve().parents[2] / "shared" / "micrographs"
                  / "aisi1045_decarb_optical" / "1a1str.png")

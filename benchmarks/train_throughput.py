@@ -2,7 +2,8 @@
 
 Prints a Markdown table of median images/s over repeated steps (batch 32, 256×256 tiles):
 
-* ``microcae train`` step (``microcae.train.train_step``, channels-last, tuned allocator) against a
+* ``microcae train`` step (``microcae.training.loop.train_step``, channels-last, tuned
+  allocator) against a
   bare PyTorch loop on the same model and the same batch in the same process (target ratio ≥ 0.95);
 * the same bare loop with PyTorch's defaults (NCHW, glibc's default malloc; run in a subprocess so
   the allocator setting does not leak) to show what the CPU tuning buys;
@@ -39,7 +40,7 @@ def _median_rates(steps: list, batch: int, repeats: int) -> list[float]:
 
 def bare_loop(channels_last: bool, batch: int):
     """The loop a user would write: forward, MSE, backward, Adam step (returns the step)."""
-    from microcae.model import CAE
+    from microcae.models.cae import CAE
 
     torch.manual_seed(0)
     model = CAE()
@@ -68,9 +69,9 @@ def main() -> None:
         print(json.dumps(_median_rates([bare_loop(False, args.batch)], args.batch, args.steps)[0]))
         return
 
-    from microcae.model import CAE
-    from microcae.runtime import configure_allocator, to_channels_last
-    from microcae.train import TrainSettings, make_optimizer, train_step
+    from microcae.models.cae import CAE
+    from microcae.training.loop import TrainSettings, make_optimizer, train_step
+    from microcae.util.runtime import configure_allocator, to_channels_last
 
     configure_allocator()
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 @pytest.fixture
 def tiny_model():
     """A small random-weight CAE (2 stages: 4 -> 4 channels), seeded."""
-    from microcae.model import CAE, CAEConfig
+    from microcae.models.cae import CAE, CAEConfig
 
     torch.manual_seed(0)
     return CAE(CAEConfig(channels=(4, 4))).eval()
@@ -42,7 +42,7 @@ def tiny_model():
 @pytest.fixture
 def tiny_model_file(tmp_path, tiny_model) -> Path:
     """``tiny_model`` saved as a microcae safetensors file."""
-    from microcae.model import save_model
+    from microcae.models.cae import save_model
 
     path = tmp_path / "tiny.safetensors"
     save_model(tiny_model, path, {"purpose": "test"})
@@ -69,7 +69,7 @@ def zoo_encoder() -> nn.Sequential:
 
 def laplace_tables(channels: int, length: int = 9, offset: int = -2):
     """Hand-made integer code tables (no float evaluation): a peaked pmf per channel + escape."""
-    from microcae.rd.tables import EntropyTables, quantise_pmf
+    from microcae.entropy.code_tables import EntropyTables, quantise_pmf
 
     rows = []
     for c in range(channels):
@@ -87,9 +87,9 @@ def tiny_rd(tmp_path_factory):
     Returns ``(model, path of its file, training history)``.
     """
     from microcae.data.dataset import PreparedSet
-    from microcae.model import CAEConfig
-    from microcae.rd.train import RDTrainSettings, train_rd
-    from microcae.train import TrainSettings
+    from microcae.models.cae import CAEConfig
+    from microcae.training.loop import TrainSettings
+    from microcae.training.rd import RDTrainSettings, train_rd
 
     tiles = np.stack([synthetic_micrograph(64, 64, seed=s) for s in range(10)])
     manifest = {"tiles": [{"index": i, "split": "test" if i >= 8 else "train"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from microcae.model import CAE
+from microcae.models.cae import CAE
 from microcae.saliency import METHODS, relevance
 from microcae.saliency.baselines import LRP_STABILIZER, lrp_conservation
 

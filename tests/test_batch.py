@@ -11,15 +11,15 @@ import zarr
 from conftest import synthetic_micrograph, write_png
 from mosaic import write_mosaic_tiff
 
-from microcae.batch import JOBS, BatchSettings, TileJob, run_batch
-from microcae.batch.sources import _mirror, open_source
 from microcae.cli import main
 from microcae.data.images import read_micrograph, to_uint8
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
-from microcae.errors import MicrocaeError
-from microcae.inference import encode_micrograph, reconstruct_micrograph
-from microcae.model import CAE, CAEConfig, save_model
+from microcae.models.cae import CAE, CAEConfig, save_model
+from microcae.models.inference import encode_micrograph, reconstruct_micrograph
+from microcae.pipelines.batch import JOBS, BatchSettings, TileJob, run_batch
+from microcae.pipelines.batch.sources import _mirror, open_source
 from microcae.saliency import METHODS, relevance
+from microcae.util.errors import MicrocaeError
 
 SETTINGS = BatchSettings(tile=32, block=2, batch_size=3, workers=2)
 
@@ -207,8 +207,8 @@ def test_cli_batch_writes_a_store_and_continues_it(collection, tiny_model_file, 
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from microcae.batch import JOBS, BatchSettings, run_batch
-from microcae.model import load_model
+from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
+from microcae.models.cae import load_model
 model_path, out, warm = map(Path, sys.argv[1:4])
 images = dict(zip(("encode", "saliency"), map(Path, sys.argv[4:6])))
 model = load_model(model_path)
@@ -267,7 +267,7 @@ def test_a_20000_pixel_square_tiff_is_encoded_and_mapped_in_bounded_memory(
 
 
 def test_export_writes_the_per_file_formats(collection, tiny_model, tmp_path):
-    from microcae.batch.export import export_store
+    from microcae.pipelines.batch.export import export_store
     from microcae.codec.latent_files import decode_bytes, encode_image
 
     for name in ("encode", "saliency", "reconstruct"):

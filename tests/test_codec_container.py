@@ -19,8 +19,8 @@ from microcae.codec.container import (
 )
 from microcae.codec.quantise import dequantise, payload_size, quantise
 from microcae.data.images import micrograph_from_array, to_uint8
-from microcae.inference import decode_latents, encode_micrograph
-from microcae.model import decoder_fingerprint
+from microcae.models.cae import decoder_fingerprint
+from microcae.models.inference import decode_latents, encode_micrograph
 
 FINGERPRINT = "ab" * 32
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from microcae.codec import Secret, generate_key, read_key_file, write_key_file
 from microcae.codec.container import FIXED_HEADER_BYTES, SourceInfo, read_container, write_container
 from microcae.codec.quantise import quantise
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 SOURCE = SourceInfo((30, 30), "uint8", "full", (0.0, 255.0))
 LATENTS = np.random.default_rng(2).random((4, 4, 4, 4)).astype(np.float32)

@@ -10,7 +10,7 @@ import torch
 
 from microcae.codec import decode_bytes
 from microcae.codec.container import SourceInfo, write_container
-from microcae.model import CAE, decoder_fingerprint
+from microcae.models.cae import CAE, decoder_fingerprint
 
 # Regenerate (only after an intended format or decoder change) by printing the two digests.
 FILE_SHA256 = "ef104e1dfdfb175ca7a93ea180094801b8a3086a8bf9d209157798691df6582b"

@@ -19,7 +19,7 @@ from microcae.codec.container import (
     read_container,
     write_container,
 )
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 KEY = Secret(key=bytes(range(32)))
 SOURCE = SourceInfo((20, 40), "uint8", "full", (0.0, 255.0))

@@ -14,7 +14,7 @@ from PIL import Image
 from microcae.cli import main
 from microcae.codec import decode_bytes, encode_image
 from microcae.data.images import micrograph_from_array
-from microcae.metrics.rate_distortion import highest_within, rate_distortion
+from microcae.evaluation.rate_distortion import highest_within, rate_distortion
 from microcae.metrics.reconstruction import reconstruction_scores
 
 

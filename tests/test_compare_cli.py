@@ -11,12 +11,12 @@ import torch
 from conftest import SHARED_MICROGRAPHS, synthetic_micrograph, write_png
 
 from microcae.cli import main
-from microcae.compare import compare_images
 from microcae.data.images import read_micrograph
-from microcae.errors import MicrocaeError
+from microcae.evaluation.comparison import compare_images
 from microcae.metrics.faithfulness import perturbation_curves
 from microcae.metrics.microstructure import sobel_map
-from microcae.model import load_model
+from microcae.models.cae import load_model
+from microcae.util.errors import MicrocaeError
 
 METHODS = ("gbp", "lrp-w2", "sobel-edges", "random")
 

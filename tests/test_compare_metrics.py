@@ -11,7 +11,6 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
-from microcae.errors import MicrocaeError
 from microcae.metrics.faithfulness import blurred_copy, perturbation_curves, random_order_map
 from microcae.metrics.microstructure import (
     IGNORE,
@@ -28,8 +27,9 @@ from microcae.metrics.sanity import (
     randomisation_test,
     spearman,
 )
-from microcae.model import CAE, CAEConfig
+from microcae.models.cae import CAE, CAEConfig
 from microcae.saliency import relevance
+from microcae.util.errors import MicrocaeError
 
 SIDE = 20  # 400 pixels: one 5 % step is exactly 20 pixels
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import synthetic_micrograph, write_png
 
 from microcae.data.dataset import load_dataset, prepare_dataset, split_sources
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 
 @pytest.fixture

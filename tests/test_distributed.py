@@ -8,9 +8,9 @@ import torch
 from conftest import synthetic_micrograph, write_png
 
 from microcae.data.dataset import prepare_dataset
-from microcae.distributed import ProcessGroup
-from microcae.model import CAEConfig, read_model_file
-from microcae.train import TrainSettings, train
+from microcae.models.cae import CAEConfig, read_model_file
+from microcae.training.distributed import ProcessGroup
+from microcae.training.loop import TrainSettings, train
 
 
 @pytest.mark.parametrize("items", [0, 1, 3, 5, 8])

@@ -7,7 +7,7 @@ from conftest import synthetic_micrograph, write_png
 from PIL import Image
 
 from microcae.data.images import find_images, micrograph_from_array, read_micrograph
-from microcae.errors import MicrocaeError, MicrocaeWarning
+from microcae.util.errors import MicrocaeError, MicrocaeWarning
 
 
 def test_8bit_png_is_scaled_by_255(tmp_path):

@@ -6,8 +6,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from microcae.errors import MicrocaeError
-from microcae.model import (
+from microcae.models.cae import (
     CAE,
     CAEConfig,
     decoder_fingerprint,
@@ -15,6 +14,7 @@ from microcae.model import (
     read_model_file,
     save_model,
 )
+from microcae.util.errors import MicrocaeError
 
 
 def test_study_architecture_has_50353_parameters_and_the_papers_shapes():

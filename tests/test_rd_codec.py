@@ -19,12 +19,12 @@ from microcae.codec.container import (
     write_container,
 )
 from microcae.data.images import micrograph_from_array
-from microcae.errors import MicrocaeError
-from microcae.inference import encode_micrograph
-from microcae.metrics.rate_distortion import rate_distortion
-from microcae.model import CAEConfig
-from microcae.rd.model import RDCAE, RDConfig, model_fingerprint, read_rd_model_file
-from microcae.rd.tables import EntropyTables
+from microcae.entropy.code_tables import EntropyTables
+from microcae.evaluation.rate_distortion import rate_distortion
+from microcae.models.cae import CAEConfig
+from microcae.models.inference import encode_micrograph
+from microcae.models.rdcae import RDCAE, RDConfig, model_fingerprint, read_rd_model_file
+from microcae.util.errors import MicrocaeError
 
 # Regenerate (only after an intended format, coder or decoder change) by printing the digests.
 FILE_SHA256 = "516d88f05aa7024a2dda723de704e30bc3d4d750bd83bd68d2ea639adac56844"
@@ -169,8 +169,8 @@ def test_report_measures_rd_files_and_matches_codecs_to_their_bytes(tiny_rd, tin
     assert matched["model"] == "tiny" and matched["codec"] == "jpeg2000"
     assert matched["bytes"] <= row["bytes"] or matched["over_budget_tiles"] > 0
     json.dumps(report)
+    from microcae.evaluation.rate_distortion import markdown_table
     from microcae.figures.rate_distortion import plot_rate_distortion
-    from microcae.metrics.rate_distortion import markdown_table
 
     assert "| RD model tiny (entropy) | **RD CAE** |" in markdown_table(report)
     assert plot_rate_distortion(report, tmp_path / "rd.png").stat().st_size > 10_000

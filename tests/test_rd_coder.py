@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 from conftest import laplace_tables
 
-from microcae.errors import MicrocaeError
-from microcae.rd.coder import decode_symbols, encode_symbols
-from microcae.rd.tables import TOTAL, VALUE_MAX, VALUE_MIN, EntropyTables, quantise_pmf, validate
+from microcae.entropy.code_tables import (
+    TOTAL,
+    VALUE_MAX,
+    VALUE_MIN,
+    EntropyTables,
+    quantise_pmf,
+    validate,
+)
+from microcae.entropy.range_coder import decode_symbols, encode_symbols
+from microcae.util.errors import MicrocaeError
 
 
 def test_round_trip_is_exact_including_escapes_and_clamping():

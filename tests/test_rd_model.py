@@ -8,10 +8,9 @@ import torch
 from conftest import synthetic_micrograph
 from safetensors.torch import load_file, save_file
 
-from microcae.errors import MicrocaeError
-from microcae.model import CAE, load_model
-from microcae.rd.coder import encode_symbols
-from microcae.rd.model import (
+from microcae.entropy.range_coder import encode_symbols
+from microcae.models.cae import CAE, load_model
+from microcae.models.rdcae import (
     RDCAE,
     RDConfig,
     load_codec_model,
@@ -19,7 +18,8 @@ from microcae.rd.model import (
     read_rd_model_file,
     save_rd_model,
 )
-from microcae.rd.train import RDTrainSettings, train_rd
+from microcae.training.rd import RDTrainSettings, train_rd
+from microcae.util.errors import MicrocaeError
 
 
 def test_training_lowers_the_loss_and_writes_model_log_and_checkpoint(tiny_rd):

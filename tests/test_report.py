@@ -13,9 +13,9 @@ from conftest import synthetic_micrograph, write_png
 
 from microcae.cli import main
 from microcae.data.dataset import prepare_dataset
-from microcae.model import CAE, load_model
-from microcae.reproduction import claims
-from microcae.reproduction.exactness import autograd_columns
+from microcae.evaluation.reproduction import claims
+from microcae.evaluation.reproduction.exactness import autograd_columns
+from microcae.models.cae import CAE, load_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "microcae" / "assets" / "samples"
 

@@ -11,7 +11,7 @@ from PIL import Image
 from microcae.cli import main
 from microcae.data.images import read_micrograph
 from microcae.figures.saliency import smooth
-from microcae.model import load_model
+from microcae.models.cae import load_model
 from microcae.saliency import relevance
 from microcae.saliency.maps import micrograph_relevance
 
@@ -137,7 +137,7 @@ def test_real_micrograph_full_size(tmp_path, tiny_model_file):
 
 
 def test_whole_mode_needs_blocks_aligned_with_the_latent_grid(tiny_model):
-    from microcae.errors import MicrocaeError
+    from microcae.util.errors import MicrocaeError
 
     pixels = np.zeros((40, 40), dtype=np.float32)
     with pytest.raises(MicrocaeError, match="multiple of the latent stride 4"):

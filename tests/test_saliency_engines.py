@@ -7,11 +7,11 @@ import torch
 from conftest import zoo_encoder
 from torch import nn
 
-from microcae.errors import MicrocaeError
-from microcae.model import BUNDLED_MODEL, CAE, CAEConfig, load_model
+from microcae.models.cae import BUNDLED_MODEL, CAE, CAEConfig, load_model
 from microcae.saliency import METHODS, relevance
 from microcae.saliency.engines import kink_pixels, passes
 from microcae.saliency.footprint import alignment, encoder_footprint
+from microcae.util.errors import MicrocaeError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 

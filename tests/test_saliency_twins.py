@@ -8,10 +8,10 @@ import torch
 from conftest import zoo_encoder
 from torch import nn
 
-from microcae.errors import MicrocaeError
-from microcae.model import CAE
+from microcae.models.cae import CAE
 from microcae.saliency.engines import complex_step_naive
 from microcae.saliency.twins import complexify
+from microcae.util.errors import MicrocaeError
 
 RTOL = 1e-12
 

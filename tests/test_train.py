@@ -6,9 +6,9 @@ import torch
 from conftest import synthetic_micrograph, write_png
 
 from microcae.data.dataset import prepare_dataset
-from microcae.errors import MicrocaeError
-from microcae.model import CAEConfig, read_model_file
-from microcae.train import TrainSettings, augment_batch, train
+from microcae.models.cae import CAEConfig, read_model_file
+from microcae.training.loop import TrainSettings, augment_batch, train
+from microcae.util.errors import MicrocaeError
 
 SETTINGS = TrainSettings(epochs=3, batch_size=4, seed=7, model=CAEConfig(channels=(4, 4)))
 

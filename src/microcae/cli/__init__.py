@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import click
 
 from microcae import __version__
-from microcae.errors import MicrocaeError
-from microcae.runtime import configure_allocator
+from microcae.util.errors import MicrocaeError
+from microcae.util.runtime import configure_allocator
 
 EXIT_USAGE = 2
 

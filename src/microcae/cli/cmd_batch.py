@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from microcae.batch import JOBS, BatchReport, BatchSettings, run_batch
-from microcae.batch.export import export_store
-from microcae.batch.jobs import TileJob
 from microcae.cli.options import images_argument, model_option, progress_option
-from microcae.model import load_model
+from microcae.models.cae import load_model
+from microcae.pipelines.batch import JOBS, BatchReport, BatchSettings, run_batch
+from microcae.pipelines.batch.export import export_store
+from microcae.pipelines.batch.jobs import TileJob
 
 _out_option = click.option(
     "--out", "-o", "out", type=click.Path(path_type=Path, file_okay=False), required=True,

@@ -7,9 +7,14 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
-from microcae.compare import EXACT_ENGINES, compare_images, markdown_table, write_comparison
 from microcae.data.images import find_images
-from microcae.model import load_model
+from microcae.evaluation.comparison import (
+    EXACT_ENGINES,
+    compare_images,
+    markdown_table,
+    write_comparison,
+)
+from microcae.models.cae import load_model
 
 
 @click.command("compare")

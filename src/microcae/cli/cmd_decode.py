@@ -8,8 +8,8 @@ import click
 
 from microcae.cli.options import model_option, out_dir_option, progress_option
 from microcae.cli.secret_options import passphrase_option, resolve_secret
-from microcae.codec import decode_files
-from microcae.rd.model import load_codec_model
+from microcae.models.rdcae import load_codec_model
+from microcae.pipelines.latent_files import decode_files
 
 
 @click.command("decode")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import model_option, progress_option
-from microcae.demo import run_demo
+from microcae.pipelines.demo import run_demo
 
 
 @click.command("demo")

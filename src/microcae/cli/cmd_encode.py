@@ -8,8 +8,9 @@ import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.cli.secret_options import passphrase_option, resolve_secret
-from microcae.codec import ENTROPY, LATENT_DTYPES, encode_files
-from microcae.rd.model import load_codec_model
+from microcae.codec import ENTROPY, LATENT_DTYPES
+from microcae.models.rdcae import load_codec_model
+from microcae.pipelines.latent_files import encode_files
 
 
 @click.command("encode")

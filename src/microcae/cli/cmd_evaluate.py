@@ -8,15 +8,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from microcae.atomic import write_text_atomic
 from microcae.cli.options import model_option, out_dir_option, progress_option
 from microcae.data.dataset import load_dataset
 from microcae.data.images import to_uint8
-from microcae.errors import MicrocaeError
+from microcae.evaluation.rate_distortion import CLASSICAL_CODECS, markdown_table, rate_distortion
 from microcae.figures.rate_distortion import plot_rate_distortion
-from microcae.metrics.rate_distortion import CLASSICAL_CODECS, markdown_table, rate_distortion
-from microcae.model import load_model
-from microcae.rd.model import read_rd_model_file
+from microcae.models.cae import load_model
+from microcae.models.rdcae import read_rd_model_file
+from microcae.util.atomic import write_text_atomic
+from microcae.util.errors import MicrocaeError
 
 
 @click.command("evaluate")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
-from microcae.reproduction import FULL, QUICK, measure, write_report
+from microcae.evaluation.reproduction import FULL, QUICK, measure, write_report
 
 
 @click.command("report")

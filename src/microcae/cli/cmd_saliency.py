@@ -8,12 +8,12 @@ import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
-from microcae.errors import MicrocaeError
 from microcae.figures.saliency import saliency_files
-from microcae.model import load_model
+from microcae.models.cae import load_model
 from microcae.saliency import METHODS
 from microcae.saliency.engines import PRECISIONS
 from microcae.saliency.maps import LOCAL_METHODS
+from microcae.util.errors import MicrocaeError
 
 
 class MethodChoice(click.Choice):

@@ -8,9 +8,9 @@ import click
 
 from microcae.cli.options import progress_option, training_options
 from microcae.data.dataset import load_dataset
-from microcae.distributed import single_device
-from microcae.model import CAEConfig
-from microcae.train import TrainSettings, train
+from microcae.models.cae import CAEConfig
+from microcae.training.distributed import single_device
+from microcae.training.loop import TrainSettings, train
 
 
 def _report_epoch(row: dict[str, float]) -> None:

@@ -8,11 +8,11 @@ import click
 
 from microcae.cli.options import progress_option, training_options
 from microcae.data.dataset import load_dataset
-from microcae.distributed import single_device
-from microcae.model import CAEConfig
-from microcae.rd.model import ARCHITECTURES
-from microcae.rd.train import RDTrainSettings, train_rd
-from microcae.train import TrainSettings
+from microcae.models.cae import CAEConfig
+from microcae.models.rdcae import ARCHITECTURES
+from microcae.training.distributed import single_device
+from microcae.training.loop import TrainSettings
+from microcae.training.rd import RDTrainSettings, train_rd
 
 
 def _report_epoch(row: dict[str, float]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from microcae.codec import Secret, read_key_file
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 PASSPHRASE_ENV = "MICROCAE_PASSPHRASE"
 

@@ -1,7 +1,8 @@
 """Latent container files: quantisation or entropy coding, tiling, zstd, encryption.
 
-The public entry points are :func:`encode_image` / :func:`decode_bytes` for one image in memory
-and :func:`encode_files` / :func:`decode_files` for what the command line does. The byte layout
+The public entry points are :func:`encode_image` / :func:`decode_bytes` for one image in memory;
+the file jobs behind the command line are in :mod:`microcae.pipelines.latent_files`. The byte
+layout
 is specified in ``docs/FORMAT.md``.
 """
 
@@ -10,9 +11,7 @@ from microcae.codec.crypto import Secret, generate_key, read_key_file, write_key
 from microcae.codec.latent_files import (
     DecodedImage,
     decode_bytes,
-    decode_files,
     default_dtype,
-    encode_files,
     encode_image,
     open_latent_file,
 )
@@ -27,9 +26,7 @@ __all__ = [
     "Secret",
     "SourceInfo",
     "decode_bytes",
-    "decode_files",
     "default_dtype",
-    "encode_files",
     "encode_image",
     "generate_key",
     "open_latent_file",

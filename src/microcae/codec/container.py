@@ -11,7 +11,7 @@ Layout (all integers little-endian; the full specification is ``docs/FORMAT.md``
     checksum        4 bytes   only if not encrypted: CRC-32 of every byte before it
 
 The parser checks every field before it allocates anything, so a damaged or hostile file ends
-in :class:`~microcae.errors.MicrocaeError` and nothing else.
+in :class:`~microcae.util.errors.MicrocaeError` and nothing else.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import zstandard
 from microcae.codec import crypto
 from microcae.codec.quantise import dequantise, payload_size, quantise
 from microcae.data.tiling import TileGrid
-from microcae.errors import MicrocaeError
-from microcae.rd.coder import decode_symbols, encode_symbols
-from microcae.rd.tables import EntropyTables
+from microcae.entropy.code_tables import EntropyTables
+from microcae.entropy.range_coder import decode_symbols, encode_symbols
+from microcae.util.errors import MicrocaeError
 
 MAGIC = b"\x89MCL\r\n\x1a\n"
 """File signature: a non-ASCII byte, "MCL" (microcae latent), and line-ending bytes that
@@ -49,7 +49,7 @@ MAX_PAYLOAD = 1 << 32
 
 ENTROPY = "entropy"
 """Latent coding of RD models: integer latents range-coded with the model's stored tables
-(:mod:`microcae.rd.coder`); the payload's size depends on the content."""
+(:mod:`microcae.entropy.range_coder`); the payload's size depends on the content."""
 _DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3, ENTROPY: 4}
 _SCALING_CODES = {"full": 1, "range": 2}
 _SOURCE_CODES = {
@@ -180,7 +180,7 @@ def write_container(
     tile
         Tile side in pixels.
     fingerprint
-        64 hex characters: :func:`microcae.model.decoder_fingerprint` of the model.
+        64 hex characters: :func:`microcae.models.cae.decoder_fingerprint` of the model.
     latent_dtype
         ``"float32"``, ``"float16"``, ``"uint8"`` or ``"entropy"`` (latents rounded to integers
         and range-coded with ``tables``).

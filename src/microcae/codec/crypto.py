@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from microcae.atomic import atomic_path
-from microcae.errors import MicrocaeError
+from microcae.util.atomic import atomic_path
+from microcae.util.errors import MicrocaeError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

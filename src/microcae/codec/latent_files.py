@@ -1,4 +1,4 @@
-"""Micrographs to latent files and back: the library behind ``microcae encode`` / ``decode``.
+"""One micrograph to the bytes of a latent file and back, in memory (no paths).
 
 Decoding runs the decoder in float64 on contiguous (NCHW) tensors. Measured on this project's
 machine, its output bits do not change with the thread count, the batch size or with oneDNN
@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
-from microcae.atomic import atomic_path, write_bytes_atomic
 from microcae.codec.container import (
     ENTROPY,
-    SUFFIX,
     LatentHeader,
     SourceInfo,
     unpack,
@@ -30,11 +25,11 @@ from microcae.codec.container import (
     write_container,
 )
 from microcae.codec.crypto import Secret
-from microcae.data.images import Micrograph, find_images, read_micrograph
+from microcae.data.images import Micrograph
 from microcae.data.tiling import TileGrid, stitch_tiles
-from microcae.errors import MicrocaeError
-from microcae.inference import encode_micrograph
-from microcae.rd.model import RDCAE, CodecModel, model_fingerprint
+from microcae.models.inference import encode_micrograph
+from microcae.models.rdcae import RDCAE, CodecModel, model_fingerprint
+from microcae.util.errors import MicrocaeError
 
 DECODE_BATCH = 4
 
@@ -77,7 +72,7 @@ def encode_image(
     ----------
     model
         The autoencoder (CAE or RD model); its encoder makes the latents, its fingerprint
-        (:func:`microcae.rd.model.model_fingerprint`) goes into the header.
+        (:func:`microcae.models.rdcae.model_fingerprint`) goes into the header.
     micrograph
         The image, any size (the border is reflect-padded to whole tiles).
     latent_dtype
@@ -182,70 +177,3 @@ def decode_bytes(
 ) -> DecodedImage:
     """Verify and decode the bytes of one latent file into an image of the original shape."""
     return render(model, *open_latent_file(model, data, label, secret))
-
-
-def _unique_outputs(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    targets = [out_dir / f"{path.stem}{suffix}" for path in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets, strict=True):
-        if target in seen:
-            raise MicrocaeError(f"{source}: same output name {target.name} as {seen[target]}")
-        seen[target] = source
-    return targets
-
-
-def encode_files(
-    model: CodecModel,
-    inputs: list[str | Path],
-    out_dir: str | Path,
-    latent_dtype: str | None = None,
-    compress: bool = True,
-    secret: Secret | None = None,
-    progress: bool = True,
-) -> list[Path]:
-    """Encode images (files or folders) to ``<stem>.mcl`` files in ``out_dir``.
-
-    Every image is encoded in memory first (latent files are small); files are written, each
-    atomically, only when all inputs succeeded, so an error leaves nothing behind.
-
-    Returns
-    -------
-    list of Path
-        The written files, in input order.
-    """
-    images = find_images(list(inputs))
-    targets = _unique_outputs(images, Path(out_dir), SUFFIX)
-    blobs = [
-        encode_image(model, read_micrograph(path), latent_dtype, compress, secret)
-        for path in tqdm(images, desc="encode", unit="image", disable=not progress)
-    ]
-    for target, blob in zip(targets, blobs, strict=True):
-        write_bytes_atomic(target, blob)
-    return targets
-
-
-def decode_files(
-    model: CodecModel,
-    files: list[str | Path],
-    out_dir: str | Path,
-    secret: Secret | None = None,
-    progress: bool = True,
-) -> list[Path]:
-    """Decode latent files (or folders of ``.mcl`` files) to ``<stem>.png`` images in ``out_dir``.
-
-    All files are read and verified (signature, checksum or authentication, key, decoder
-    fingerprint) before any image is written, so a bad file leaves nothing behind.
-
-    Returns
-    -------
-    list of Path
-        The written PNG files, in input order.
-    """
-    paths = find_images(list(files), exclude=(), suffixes=(SUFFIX,), what=f"{SUFFIX} files")
-    targets = _unique_outputs(paths, Path(out_dir), ".png")
-    verified = [open_latent_file(model, path.read_bytes(), str(path), secret) for path in paths]
-    for target, (header, latents) in tqdm(list(zip(targets, verified, strict=True)),
-                                          desc="decode", unit="file", disable=not progress):
-        with atomic_path(target) as tmp:
-            Image.fromarray(render(model, header, latents).stored).save(tmp, format="PNG")
-    return targets

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 LatentDtype = Literal["float32", "float16", "uint8"]
 LATENT_DTYPES: dict[str, int] = {"float32": 4, "float16": 2, "uint8": 1}

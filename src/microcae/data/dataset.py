@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from microcae.data.images import Scaling, find_images, read_micrograph
 from microcae.data.tiling import Remainder, TileGrid, extract_tiles
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 DATASET_FORMAT = "microcae.dataset"
 DATASET_VERSION = 1

@@ -12,7 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from microcae.errors import MicrocaeError, MicrocaeWarning
+from microcae.util.errors import MicrocaeError, MicrocaeWarning
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """File name endings that :func:`find_images` treats as micrographs (case-insensitive)."""

@@ -18,7 +18,7 @@ def _rd_series(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def plot_rate_distortion(report: dict, path: str | Path) -> Path:
-    """Draw a :func:`microcae.metrics.rate_distortion.rate_distortion` report.
+    """Draw a :func:`microcae.evaluation.rate_distortion.rate_distortion` report.
 
     Parameters
     ----------

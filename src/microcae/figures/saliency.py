@@ -17,11 +17,11 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from tqdm import tqdm
 
-from microcae.atomic import atomic_path
 from microcae.data.images import read_micrograph
-from microcae.errors import MicrocaeError
 from microcae.figures.style import new_figure, save_figure
 from microcae.saliency.maps import Mode, micrograph_relevance
+from microcae.util.atomic import atomic_path
+from microcae.util.errors import MicrocaeError
 
 SMOOTHING_SIGMA = 1.0
 """Gaussian σ in pixels applied before drawing (the study's choice)."""

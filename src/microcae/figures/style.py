@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from microcae.atomic import atomic_path  # noqa: E402
+from microcae.util.atomic import atomic_path  # noqa: E402
 
 DPI = 200
 

@@ -20,8 +20,8 @@ from scipy.stats import rankdata
 from skimage.filters import sobel, threshold_otsu
 from skimage.segmentation import find_boundaries
 
-from microcae.errors import MicrocaeError
 from microcae.metrics.metric import Metric
+from microcae.util.errors import MicrocaeError
 
 _AUROC = "Hanley & McNeil (1982), Radiology 143(1), 29-36 (AUROC = Mann-Whitney U / (n1 n0))"
 _MASS = ("Arras, Osman & Samek (2022), CLEVR-XAI, Information Fusion 81, 14-40 (relevance mass "

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from microcae.errors import MicrocaeError
 from microcae.saliency.footprint import (
     Footprint,
     encoder_footprint,
@@ -41,6 +40,7 @@ from microcae.saliency.footprint import (
 )
 from microcae.saliency.registry import register
 from microcae.saliency.twins import complexify, per_sample
+from microcae.util.errors import MicrocaeError
 
 DEFAULT_H = 1e-24
 """The study's imaginary step."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 _POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.BatchNorm2d, nn.Dropout,
               nn.Identity)

@@ -25,11 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from microcae.data.tiling import stitch_tiles
-from microcae.errors import MicrocaeError
-from microcae.inference import micrograph_grid, tile_batches
+from microcae.models.inference import micrograph_grid, tile_batches
 from microcae.saliency.engines import kink_pixels
 from microcae.saliency.footprint import alignment, encoder_footprint
 from microcae.saliency.registry import METHODS, relevance
+from microcae.util.errors import MicrocaeError
 
 Mode = Literal["tile", "whole"]
 LOCAL_METHODS = ("complex-step", "complex-step-naive", "jvp", "vjp")

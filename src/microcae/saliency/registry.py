@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 RelevanceMethod = Callable[..., torch.Tensor]
 """``method(encoder, x, **options) -> (N, H, W)`` relevance for a batch ``x`` of (N, 1, H, W)."""

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torch.nn.modules.utils import _pair
 
-from microcae.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 """A complex value as (real part (N, ...), imaginary parts (N·K, ...))."""

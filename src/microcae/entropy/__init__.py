@@ -1,0 +1,1 @@
+"""Entropy models and coders: the factorized prior, integer code tables, the range coder."""

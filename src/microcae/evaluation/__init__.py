@@ -1,0 +1,4 @@
+"""Experiments that measure.
+
+The method comparison, rate–distortion, the decoder attack and the reproduction report.
+"""

@@ -1,0 +1,1 @@
+"""Every model kind microcae can load, save, fingerprint and run."""

@@ -1,0 +1,1 @@
+"""File-to-file jobs over any model: reconstruct, latent files, saliency files, demo, batch."""

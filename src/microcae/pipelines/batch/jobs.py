@@ -1,0 +1,125 @@
+"""Per-tile jobs of the batch engine: what is computed for every tile and how it is stored.
+
+A :class:`TileJob` maps a batch of tiles to one result per tile. Its ``layout`` says where the
+results go in the Zarr store: ``"image"`` results are (tile, tile) maps written into an
+image-shaped (H, W) array (relevance, reconstruction); ``"tile"`` results are arrays of a fixed
+shape stored per tile in a (rows, cols, ...) array (latents). :data:`JOBS` maps each name (the
+``microcae batch`` sub-commands) to a factory taking the job's options.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from microcae.models.cae import CAE
+from microcae.util.errors import MicrocaeError
+from microcae.util.runtime import to_channels_last
+
+Layout = Literal["image", "tile"]
+PREFERRED_SALIENCY = ("vjp", "complex-step")
+"""Relevance methods tried in order when none is named (fast and exact)."""
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """A computation run on every tile of every image.
+
+    Attributes
+    ----------
+    name
+        Job name (``"encode"``, ``"saliency"``, ``"reconstruct"``).
+    array
+        Name of the Zarr array that holds the results in each image's group.
+    layout
+        ``"image"``: each result is a (tile, tile) map placed in an (H, W) array;
+        ``"tile"``: each result is an array of :meth:`result_shape`, stored per tile.
+    compute
+        ``compute(model, batch)`` maps (B, 1, tile, tile) float32 tiles in [0, 1] to a
+        (B, *result_shape) float32 array. ``model`` is in eval mode and channels-last, and
+        shared between threads: ``compute`` must not modify it.
+    options
+        JSON-ready settings that change the results (part of the store's identity).
+    """
+
+    name: str
+    array: str
+    layout: Layout
+    compute: Callable[[CAE, torch.Tensor], np.ndarray]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def result_shape(self, model: CAE, tile: int) -> tuple[int, ...]:
+        """Shape of one tile's result (without the batch axis)."""
+        if self.layout == "image":
+            return (tile, tile)
+        side = tile // model.config.downsample
+        return (model.config.latent_channels, side, side)
+
+
+@torch.no_grad()
+def _encode(model: CAE, batch: torch.Tensor) -> np.ndarray:
+    latents = model.encoder(to_channels_last(batch))
+    return latents.contiguous().numpy().astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def _reconstruct(model: CAE, batch: torch.Tensor) -> np.ndarray:
+    tiles = model.decoder(to_channels_last(model.encoder(to_channels_last(batch))))[:, 0]
+    return tiles.contiguous().numpy().astype(np.float32, copy=False)
+
+
+def _relevance(method: str, model: CAE, batch: torch.Tensor) -> np.ndarray:
+    from microcae.saliency import relevance
+
+    # methods may hook the encoder, and threads share the model: work on a private copy
+    encoder = copy.deepcopy(model.encoder).to(memory_format=torch.contiguous_format)
+    return relevance(encoder, batch, method=method).detach().numpy().astype(np.float32)
+
+
+def encode_job() -> TileJob:
+    """Latents of every tile: (C, tile/d, tile/d) float32 per tile (d: the model's downsampling)."""
+    return TileJob("encode", "latents", "tile", _encode)
+
+
+def reconstruct_job() -> TileJob:
+    """Reconstruct every tile (encode, decode): (tile, tile) float32 in [0, 1] units, unclipped."""
+    return TileJob("reconstruct", "reconstruction", "image", _reconstruct)
+
+
+def default_saliency_method() -> str:
+    """First of :data:`PREFERRED_SALIENCY` that the saliency registry offers."""
+    from microcae.saliency import METHODS
+
+    return next((m for m in PREFERRED_SALIENCY if m in METHODS), "complex-step")
+
+
+def saliency_job(method: str | None = None) -> TileJob:
+    """Raw relevance r_ij of every tile (``microcae.saliency.relevance``), (tile, tile) float32.
+
+    Parameters
+    ----------
+    method
+        A key of ``microcae.saliency.METHODS``; default :func:`default_saliency_method`.
+        Maps of a whole image are the per-tile maps side by side, as the encoder sees tiles.
+    """
+    from microcae.saliency import METHODS
+
+    method = method or default_saliency_method()
+    if method not in METHODS:
+        raise MicrocaeError(f"unknown relevance method {method!r}; choose from {sorted(METHODS)}")
+    return TileJob("saliency", "relevance", "image", functools.partial(_relevance, method),
+                   {"method": method})
+
+
+JOBS: dict[str, Callable[..., TileJob]] = {
+    "encode": encode_job,
+    "saliency": saliency_job,
+    "reconstruct": reconstruct_job,
+}
+"""Job name -> factory (keyword options such as ``method`` for saliency)."""

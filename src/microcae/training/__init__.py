@@ -1,0 +1,1 @@
+"""The training loop: progress, per-epoch log, checkpoints, exact resume, seeds, torchrun."""
