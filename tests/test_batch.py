@@ -267,8 +267,8 @@ def test_a_20000_pixel_square_tiff_is_encoded_and_mapped_in_bounded_memory(
 
 
 def test_export_writes_the_per_file_formats(collection, tiny_model, tmp_path):
-    from microcae.pipelines.batch.export import export_store
     from microcae.codec.latent_files import decode_bytes, encode_image
+    from microcae.pipelines.batch.export import export_store
 
     for name in ("encode", "saliency", "reconstruct"):
         run_batch([collection], JOBS[name](), tiny_model, tmp_path / f"{name}.zarr", SETTINGS,
