@@ -13,7 +13,7 @@ from pathlib import Path
 
 from microcae.data.dataset import load_dataset
 from microcae.evaluation.attack import attack_table, decoder_attack
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.util.atomic import write_text_atomic
 
 

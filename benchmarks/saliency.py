@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from microcae.data.images import read_micrograph
-from microcae.models.cae import BUNDLED_MODEL, CAE, load_model
+from microcae.models.cae import CAE
+from microcae.models.registry import BUNDLED_MODEL, load_model
 from microcae.saliency import relevance
 from microcae.saliency.engines import passes
 from microcae.util.runtime import configure_allocator

@@ -37,7 +37,8 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
-from microcae.models.cae import CAE, CAEConfig, load_model
+from microcae.models.cae import CAE, CAEConfig
+from microcae.models.registry import load_model
 name, image, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 torch.manual_seed(0)
 model = load_model(None) if name == "encode" else CAE(CAEConfig(channels=(2,))).eval()
@@ -55,7 +56,7 @@ def throughput(workers: int, tiles: int, repeats: int, work: Path) -> float:
     """Median tiles/s of encoding ``tiles`` real tiles on a LocalCluster of ``workers``."""
     from distributed import LocalCluster
 
-    from microcae.models.cae import load_model
+    from microcae.models.registry import load_model
     from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
 
     side = 256 * math.isqrt(tiles)

@@ -52,7 +52,7 @@ def bare_loop(channels_last: bool, batch: int):
 
     def step() -> None:
         optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), x)
+        loss = nn.functional.mse_loss(model(x)["x_hat"], x)
         loss.backward()
         optimizer.step()
 

@@ -42,7 +42,7 @@ def tiny_model():
 @pytest.fixture
 def tiny_model_file(tmp_path, tiny_model) -> Path:
     """``tiny_model`` saved as a microcae safetensors file."""
-    from microcae.models.cae import save_model
+    from microcae.models.registry import save_model
 
     path = tmp_path / "tiny.safetensors"
     save_model(tiny_model, path, {"purpose": "test"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from microcae.models.cae import BUNDLED_MODEL
+from microcae.models.registry import BUNDLED_MODEL
 
 SAMPLES = BUNDLED_MODEL.parent / "samples"
 TILE = 256

@@ -14,8 +14,9 @@ from mosaic import write_mosaic_tiff
 from microcae.cli import main
 from microcae.data.images import read_micrograph, to_uint8
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
-from microcae.models.cae import CAE, CAEConfig, save_model
+from microcae.models.cae import CAE, CAEConfig
 from microcae.models.inference import encode_micrograph, reconstruct_micrograph
+from microcae.models.registry import save_model
 from microcae.pipelines.batch import JOBS, BatchSettings, TileJob, run_batch
 from microcae.pipelines.batch.sources import _mirror, open_source
 from microcae.saliency import METHODS, relevance
@@ -208,7 +209,7 @@ MEASURE = """
 import json, resource, sys
 from pathlib import Path
 from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 model_path, out, warm = map(Path, sys.argv[1:4])
 images = dict(zip(("encode", "saliency"), map(Path, sys.argv[4:6])))
 model = load_model(model_path)

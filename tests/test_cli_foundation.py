@@ -6,8 +6,8 @@ from conftest import synthetic_micrograph, write_png
 from PIL import Image
 
 from microcae.cli import main
-from microcae.models.cae import load_model
 from microcae.models.inference import reconstruct_micrograph
+from microcae.models.registry import load_model
 
 
 def _one_line_error(capsys, rc):

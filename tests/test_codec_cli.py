@@ -10,7 +10,8 @@ from PIL import Image
 
 from microcae.cli import main
 from microcae.codec import decode_bytes
-from microcae.models.cae import CAE, CAEConfig, load_model, save_model
+from microcae.models.cae import CAE, CAEConfig
+from microcae.models.registry import load_model, save_model
 
 
 def _one_line_error(capsys, rc: int) -> str:

@@ -19,7 +19,6 @@ from microcae.codec.container import (
 )
 from microcae.codec.quantise import dequantise, payload_size, quantise
 from microcae.data.images import micrograph_from_array, to_uint8
-from microcae.models.cae import decoder_fingerprint
 from microcae.models.inference import decode_latents, encode_micrograph
 
 FINGERPRINT = "ab" * 32
@@ -102,7 +101,7 @@ def test_micrograph_round_trip_keeps_shape_and_matches_direct_decoding(tiny_mode
     direct = decode_latents(tiny_model, latents, grid)
     tolerance = {"float32": 1e-6, "float16": 2e-3, "uint8": 2e-2}[dtype]
     np.testing.assert_allclose(decoded.pixels, np.clip(direct, 0, 1), atol=tolerance)
-    assert decoded.header.fingerprint == decoder_fingerprint(tiny_model)
+    assert decoded.header.fingerprint == tiny_model.fingerprint()
 
 
 def test_16_bit_source_decodes_to_16_bit_in_its_own_units(tiny_model):

@@ -10,7 +10,7 @@ import torch
 
 from microcae.codec import decode_bytes
 from microcae.codec.container import SourceInfo, write_container
-from microcae.models.cae import CAE, decoder_fingerprint
+from microcae.models.cae import CAE
 
 # Regenerate (only after an intended format or decoder change) by printing the two digests.
 FILE_SHA256 = "ef104e1dfdfb175ca7a93ea180094801b8a3086a8bf9d209157798691df6582b"
@@ -26,7 +26,7 @@ def fixed_file():
         model.decoder[-1].bias.fill_(0.3)
     latents = np.random.default_rng(5).gamma(2.0, 3.0, size=(2, 8, 16, 16)).astype(np.float32)
     source = SourceInfo((200, 300), "uint8", "full", (0.0, 255.0))  # 1 x 2 tiles of 256
-    data = write_container(latents, source, 256, decoder_fingerprint(model), "uint8",
+    data = write_container(latents, source, 256, model.fingerprint(), "uint8",
                            compress=False)
     return model, data
 

@@ -15,7 +15,7 @@ from microcae.data.images import read_micrograph
 from microcae.evaluation.comparison import compare_images
 from microcae.metrics.faithfulness import perturbation_curves
 from microcae.metrics.microstructure import sobel_map
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.util.errors import MicrocaeError
 
 METHODS = ("gbp", "lrp-w2", "sobel-edges", "random")

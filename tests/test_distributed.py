@@ -8,7 +8,8 @@ import torch
 from conftest import synthetic_micrograph, write_png
 
 from microcae.data.dataset import prepare_dataset
-from microcae.models.cae import CAEConfig, read_model_file
+from microcae.models.cae import CAEConfig
+from microcae.models.registry import read_model_file
 from microcae.training.distributed import ProcessGroup
 from microcae.training.loop import TrainSettings, train
 

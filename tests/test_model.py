@@ -6,14 +6,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from microcae.models.cae import (
-    CAE,
-    CAEConfig,
-    decoder_fingerprint,
-    load_model,
-    read_model_file,
-    save_model,
-)
+from microcae.models.cae import CAE, CAEConfig
+from microcae.models.registry import load_model, read_model_file, save_model
 from microcae.util.errors import MicrocaeError
 
 
@@ -71,20 +65,20 @@ def test_save_load_round_trip_keeps_weights_config_and_provenance(tmp_path):
     assert loaded.provenance == {"epochs": 2, "data": "abc"}
     assert loaded.microcae_version
     x = torch.rand(1, 1, 32, 32)
-    assert torch.equal(loaded.model(x), model.eval()(x))
+    assert torch.equal(loaded.model(x)["x_hat"], model.eval()(x)["x_hat"])
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
 def test_decoder_fingerprint_tracks_decoder_only():
     torch.manual_seed(0)
     model = CAE(CAEConfig(channels=(4, 4)))
-    before = decoder_fingerprint(model)
+    before = model.fingerprint()
     with torch.no_grad():
         model.encoder[0].weight.add_(1.0)
-    assert decoder_fingerprint(model) == before
+    assert model.fingerprint() == before
     with torch.no_grad():
         model.decoder[-1].bias.add_(1e-6)
-    assert decoder_fingerprint(model) != before
+    assert model.fingerprint() != before
 
 
 def test_foreign_and_corrupt_files_are_rejected(tmp_path):

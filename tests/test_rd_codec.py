@@ -23,7 +23,8 @@ from microcae.entropy.code_tables import EntropyTables
 from microcae.evaluation.rate_distortion import rate_distortion
 from microcae.models.cae import CAEConfig
 from microcae.models.inference import encode_micrograph
-from microcae.models.rdcae import RDCAE, RDConfig, model_fingerprint, read_rd_model_file
+from microcae.models.rdcae import RDCAE, RDConfig
+from microcae.models.registry import read_model_file
 from microcae.util.errors import MicrocaeError
 
 # Regenerate (only after an intended format, coder or decoder change) by printing the digests.
@@ -42,7 +43,7 @@ def test_round_trip_of_odd_sizes_decodes_the_rounded_latents(tiny_rd, shape):
     data = encode_image(model, image, tile=64)
     header = parse_header(data, "t")
     assert header.latent_dtype == "entropy" and not header.compressed
-    assert header.fingerprint == model_fingerprint(model)
+    assert header.fingerprint == model.fingerprint()
     latents, _ = encode_micrograph(model, image.pixels, tile=64)
     _, stored = read_container(data, "t", tables=model.tables)
     np.testing.assert_array_equal(stored, np.rint(latents))
@@ -71,7 +72,7 @@ def test_files_are_tied_to_the_model_and_its_tables(tiny_rd, tiny_model):
     data = encode_image(model, image, tile=64)
     with pytest.raises(MicrocaeError, match="made for another decoder"):
         decode_bytes(tiny_model, data, "t")
-    other = RDCAE(model.rd_config)
+    other = RDCAE(model.config)
     other.load_state_dict(model.state_dict())
     other.tables = laplace_tables(4)
     with pytest.raises(MicrocaeError, match="made for another decoder"):
@@ -96,7 +97,7 @@ def test_file_and_decoded_bytes_are_pinned():
     latents = np.random.default_rng(9).laplace(1.0, 2.0, size=(6, 4, 16, 16)).astype(np.float32)
     latents[0, 0, 0, 0] = 99.0  # an escape
     source = SourceInfo((120, 150), "uint8", "full", (0.0, 255.0))  # 2 x 3 tiles of 64
-    data = write_container(latents, source, 64, model_fingerprint(model), "entropy",
+    data = write_container(latents, source, 64, model.fingerprint(), "entropy",
                            compress=False, tables=model.tables)
     decoded = decode_bytes(model, data, "fixed")
     assert decoded.stored.shape == (120, 150) and len(np.unique(decoded.stored)) > 100
@@ -147,7 +148,7 @@ def test_train_rd_command_and_its_errors(tmp_path, capsys, tiny_model_file):
     assert not out.parent.exists()
     assert main([*base, "--channels", "4,4", "--epochs", "2", "--lmbda", "0.05"]) == 0
     assert "trained 2 epochs" in capsys.readouterr().out
-    assert read_rd_model_file(out).model.config.channels == (4, 4)
+    assert read_model_file(out).model.config.cae.channels == (4, 4)
     rc = main(["evaluate", str(tmp_path / "ds"), "-o", str(tmp_path / "rd"), "--rd-model",
                str(tiny_model_file), "--no-progress"])
     assert "not a microcae RD model" in _one_line_error(capsys, rc)
@@ -164,7 +165,7 @@ def test_report_measures_rd_files_and_matches_codecs_to_their_bytes(tiny_rd, tin
     sizes = [len(encode_image(model, micrograph_from_array(t, scaling="full"), tile=64))
              for t in tiles]
     assert row["bytes"] == np.mean(sizes) and row["bpp"] == 8 * np.mean(sizes) / 4096
-    assert row["channels"] == [4, 4] and row["fingerprint"] == model_fingerprint(model)
+    assert row["channels"] == [4, 4] and row["fingerprint"] == model.fingerprint()
     (matched,) = report["rd_matched"]
     assert matched["model"] == "tiny" and matched["codec"] == "jpeg2000"
     assert matched["bytes"] <= row["bytes"] or matched["over_budget_tiles"] > 0

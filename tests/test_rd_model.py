@@ -9,15 +9,9 @@ from conftest import synthetic_micrograph
 from safetensors.torch import load_file, save_file
 
 from microcae.entropy.range_coder import encode_symbols
-from microcae.models.cae import CAE, load_model
-from microcae.models.rdcae import (
-    RDCAE,
-    RDConfig,
-    load_codec_model,
-    model_fingerprint,
-    read_rd_model_file,
-    save_rd_model,
-)
+from microcae.models.cae import CAE
+from microcae.models.rdcae import RDCAE, RDConfig
+from microcae.models.registry import load_model, read_model_file, save_model
 from microcae.training.rd import RDTrainSettings, train_rd
 from microcae.util.errors import MicrocaeError
 
@@ -38,7 +32,7 @@ def test_estimated_bits_agree_with_the_coded_size(tiny_rd):
     with torch.no_grad():
         out = model(x)
     estimate = float(out["bpp"]) * x.shape[0] * 64 * 64
-    symbols = model.compress(x)["symbols"].numpy()
+    symbols = model.compress(x)["latents"].numpy()
     np.testing.assert_allclose(model.decompress(torch.from_numpy(symbols))["x_hat"],
                                out["x_hat"], atol=1e-6)
     coded = 8 * len(encode_symbols(symbols, model.tables))
@@ -48,14 +42,14 @@ def test_estimated_bits_agree_with_the_coded_size(tiny_rd):
 
 def test_model_file_round_trip_keeps_weights_tables_and_fingerprint(tiny_rd, tmp_path):
     model, path, _ = tiny_rd
-    loaded = read_rd_model_file(path)
+    loaded = read_model_file(path)
     assert loaded.provenance["settings"]["lmbda"] == 0.01
     for name in ("offsets", "lengths", "freqs"):
         np.testing.assert_array_equal(getattr(loaded.model.tables, name),
                                       getattr(model.tables, name))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
-    assert model_fingerprint(loaded.model) == model_fingerprint(model)
+    assert loaded.model.fingerprint() == model.fingerprint()
     # the tables are read from the file, not recomputed: edit one, and the fingerprint moves
     tensors = load_file(str(path))
     row = tensors["tables.freqs"][0]
@@ -68,7 +62,7 @@ def test_model_file_round_trip_keeps_weights_tables_and_fingerprint(tiny_rd, tmp
         metadata = handle.metadata()
     edited = tmp_path / "edited.safetensors"
     save_file(tensors, str(edited), metadata=metadata)
-    assert model_fingerprint(read_rd_model_file(edited).model) != model_fingerprint(model)
+    assert read_model_file(edited).model.fingerprint() != model.fingerprint()
 
 
 def test_broken_model_files_are_one_line_errors(tiny_rd, tmp_path, tiny_model_file):
@@ -88,26 +82,30 @@ def test_broken_model_files_are_one_line_errors(tiny_rd, tmp_path, tiny_model_fi
         target = tmp_path / "broken.safetensors"
         save_file(broken, str(target), metadata=metadata)
         with pytest.raises(MicrocaeError, match=reason):
-            read_rd_model_file(target)
-    with pytest.raises(MicrocaeError, match="not a microcae RD model"):
-        read_rd_model_file(tiny_model_file)
+            read_model_file(target)
+    # one loader for every kind: the file's format picks the class; an unknown kind is refused
+    assert isinstance(read_model_file(tiny_model_file).model, CAE)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, str(foreign), metadata={**metadata, "format": "microcae.other"})
+    with pytest.raises(MicrocaeError, match="not a microcae model"):
+        read_model_file(foreign)
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(MicrocaeError, match="not a valid safetensors"):
-        load_codec_model(tmp_path / "junk.safetensors")
+        load_model(tmp_path / "junk.safetensors")
 
 
 def test_codec_model_loader_picks_the_kind_from_the_file(tiny_rd, tiny_model_file):
-    assert isinstance(load_codec_model(tiny_rd[1]), RDCAE)
-    assert isinstance(load_codec_model(tiny_model_file), CAE)
-    assert model_fingerprint(load_codec_model(None)) == model_fingerprint(load_model())
+    assert isinstance(load_model(tiny_rd[1]), RDCAE)
+    assert isinstance(load_model(tiny_model_file), CAE)
+    assert load_model(None).fingerprint() == load_model().fingerprint()
 
 
 def test_config_is_stored_not_inferred(tmp_path):
     torch.manual_seed(0)
     wide = RDCAE(RDConfig(filters=(2, 2)))
-    save_rd_model(wide, tmp_path / "m.safetensors")
-    loaded = read_rd_model_file(tmp_path / "m.safetensors").model
-    assert loaded.rd_config == wide.rd_config and loaded.config.channels == (64, 32, 16, 8)
+    save_model(wide, tmp_path / "m.safetensors")
+    loaded = read_model_file(tmp_path / "m.safetensors").model
+    assert loaded.config == wide.config and loaded.config.cae.channels == (64, 32, 16, 8)
     assert sum(p.numel() for p in loaded.encoder.parameters()) + sum(
         p.numel() for p in loaded.decoder.parameters()) == 50_353
 

@@ -15,7 +15,8 @@ from microcae.cli import main
 from microcae.data.dataset import prepare_dataset
 from microcae.evaluation.reproduction import claims
 from microcae.evaluation.reproduction.exactness import autograd_columns
-from microcae.models.cae import CAE, load_model
+from microcae.models.cae import CAE
+from microcae.models.registry import load_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "microcae" / "assets" / "samples"
 
@@ -93,7 +94,7 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     prepared = prepare_dataset([SAMPLES], tmp_path / "set", progress=False)
     test = np.asarray(prepared.tiles[prepared.indices("test")], dtype=np.float32)
     with torch.no_grad():
-        rebuilt = model(torch.from_numpy(test)[:, None])[:, 0].numpy()
+        rebuilt = model(torch.from_numpy(test)[:, None])["x_hat"][:, 0].numpy()
     expected_mse = float(np.mean((rebuilt - test) ** 2))
     assert numbers["reconstruction"]["test_mse"] == pytest.approx(expected_mse, rel=1e-5)
     assert numbers["data"]["test_tiles"] == len(test)

@@ -11,7 +11,7 @@ from PIL import Image
 from microcae.cli import main
 from microcae.data.images import read_micrograph
 from microcae.figures.saliency import smooth
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.saliency import relevance
 from microcae.saliency.maps import micrograph_relevance
 

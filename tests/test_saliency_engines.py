@@ -7,7 +7,8 @@ import torch
 from conftest import zoo_encoder
 from torch import nn
 
-from microcae.models.cae import BUNDLED_MODEL, CAE, CAEConfig, load_model
+from microcae.models.cae import CAE, CAEConfig
+from microcae.models.registry import BUNDLED_MODEL, load_model
 from microcae.saliency import METHODS, relevance
 from microcae.saliency.engines import kink_pixels, passes
 from microcae.saliency.footprint import alignment, encoder_footprint
@@ -42,7 +43,7 @@ def briefly_trained_cae() -> nn.Sequential:
     images = torch.nn.functional.avg_pool2d(torch.rand(8, 1, 36, 36, dtype=torch.float64), 5, 1)
     for _ in range(40):
         optimiser.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(images), images)
+        loss = torch.nn.functional.mse_loss(model(images)["x_hat"], images)
         loss.backward()
         optimiser.step()
     return model.encoder.eval()

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import images_argument, model_option, progress_option
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.pipelines.batch import JOBS, BatchReport, BatchSettings, run_batch
 from microcae.pipelines.batch.export import export_store
 from microcae.pipelines.batch.jobs import TileJob

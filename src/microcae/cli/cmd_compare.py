@@ -14,7 +14,7 @@ from microcae.evaluation.comparison import (
     markdown_table,
     write_comparison,
 )
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 
 
 @click.command("compare")

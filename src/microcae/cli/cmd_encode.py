@@ -9,7 +9,7 @@ import click
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.cli.secret_options import passphrase_option, resolve_secret
 from microcae.codec import ENTROPY, LATENT_DTYPES
-from microcae.models.rdcae import load_codec_model
+from microcae.models.registry import load_model
 from microcae.pipelines.latent_files import encode_files
 
 
@@ -33,7 +33,7 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
             compress: bool, key_file: Path | None, passphrase: bool, progress: bool) -> None:
     """Encode IMAGES (files or folders) into one latent file per image in OUT."""
     secret = resolve_secret(key_file, passphrase, confirm=True)
-    model = load_codec_model(model_path)
+    model = load_model(model_path)
     written = encode_files(model, list(images), out_dir, latent_dtype, compress, secret, progress)
     total = sum(path.stat().st_size for path in written)
     click.echo(f"{out_dir}: {len(written)} latent files, {total} bytes"

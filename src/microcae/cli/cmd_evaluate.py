@@ -13,8 +13,8 @@ from microcae.data.dataset import load_dataset
 from microcae.data.images import to_uint8
 from microcae.evaluation.rate_distortion import CLASSICAL_CODECS, markdown_table, rate_distortion
 from microcae.figures.rate_distortion import plot_rate_distortion
-from microcae.models.cae import load_model
-from microcae.models.rdcae import read_rd_model_file
+from microcae.models.registry import load_model
+from microcae.models.registry import load_model as load_any_model
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 
@@ -40,8 +40,12 @@ def command(data: Path, model_path: Path | None, out_dir: Path, split: str,
 
     DATA is a set written by 'microcae prepare'; its test split holds whole held-out images.
     """
-    rd_models = [(path.name.removesuffix(".safetensors"), read_rd_model_file(path).model)
+    rd_models = [(path.name.removesuffix(".safetensors"), load_any_model(path))
                  for path in rd_paths]
+    for path, (_, rd_model) in zip(rd_paths, rd_models, strict=True):
+        if rd_model.latent_coding != "entropy":
+            raise MicrocaeError(f"{path}: not a microcae RD model (--rd-model needs an "
+                                f"entropy-coded model kind, this is {rd_model.kind})")
     if len({name for name, _ in rd_models}) != len(rd_models):
         raise MicrocaeError("--rd-model files must have different names")
     prepared = load_dataset(data)

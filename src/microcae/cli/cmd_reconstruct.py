@@ -10,7 +10,7 @@ import click
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
 from microcae.figures.reconstruction import plot_reconstructions
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.pipelines.batch.scheduling import run_tasks
 from microcae.pipelines.reconstruct import reconstruct_files
 from microcae.util.table_writer import write_table

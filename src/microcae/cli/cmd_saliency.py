@@ -9,7 +9,7 @@ import click
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
 from microcae.figures.saliency import saliency_files
-from microcae.models.cae import load_model
+from microcae.models.registry import load_model
 from microcae.saliency import METHODS
 from microcae.saliency.engines import PRECISIONS
 from microcae.saliency.maps import LOCAL_METHODS

@@ -180,7 +180,7 @@ def write_container(
     tile
         Tile side in pixels.
     fingerprint
-        64 hex characters: :func:`microcae.models.cae.decoder_fingerprint` of the model.
+        64 hex characters: :meth:`~microcae.models.base.MicrocaeModel.fingerprint` of the model.
     latent_dtype
         ``"float32"``, ``"float16"``, ``"uint8"`` or ``"entropy"`` (latents rounded to integers
         and range-coded with ``tables``).

@@ -10,7 +10,6 @@ argument, not a measurement.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +25,8 @@ from microcae.codec.container import (
 )
 from microcae.codec.crypto import Secret
 from microcae.data.images import Micrograph
-from microcae.data.tiling import TileGrid, stitch_tiles
-from microcae.models.inference import encode_micrograph
-from microcae.models.rdcae import RDCAE, CodecModel, model_fingerprint
+from microcae.models.base import MicrocaeModel
+from microcae.models.inference import decode_latents, encode_micrograph
 from microcae.util.errors import MicrocaeError
 
 DECODE_BATCH = 4
@@ -53,13 +51,13 @@ class DecodedImage:
     header: LatentHeader
 
 
-def default_dtype(model: CodecModel) -> str:
+def default_dtype(model: MicrocaeModel) -> str:
     """Latent storage a model encodes with by default: ``"entropy"`` for RD models, else uint8."""
-    return ENTROPY if isinstance(model, RDCAE) else "uint8"
+    return model.latent_coding
 
 
 def encode_image(
-    model: CodecModel,
+    model: MicrocaeModel,
     micrograph: Micrograph,
     latent_dtype: str | None = None,
     compress: bool = True,
@@ -72,7 +70,7 @@ def encode_image(
     ----------
     model
         The autoencoder (CAE or RD model); its encoder makes the latents, its fingerprint
-        (:func:`microcae.models.rdcae.model_fingerprint`) goes into the header.
+        (:meth:`~microcae.models.base.MicrocaeModel.fingerprint`) goes into the header.
     micrograph
         The image, any size (the border is reflect-padded to whole tiles).
     latent_dtype
@@ -84,24 +82,24 @@ def encode_image(
     secret
         Encrypt with this key or passphrase.
     tile
-        Tile side in pixels, a multiple of ``model.config.downsample``.
+        Tile side in pixels, a multiple of ``model.downsample``.
     """
     latent_dtype = latent_dtype or default_dtype(model)
     entropy = latent_dtype == ENTROPY
-    if entropy and not isinstance(model, RDCAE):
+    if entropy and model.latent_coding != ENTROPY:
         raise MicrocaeError("entropy coding needs an RD model (from 'microcae train-rd')")
-    if tile % model.config.downsample:
-        raise MicrocaeError(f"tile {tile} is not a multiple of {model.config.downsample}")
+    if tile % model.downsample:
+        raise MicrocaeError(f"tile {tile} is not a multiple of {model.downsample}")
     latents, _ = encode_micrograph(model, micrograph.pixels, tile=tile)
     source = SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
                         micrograph.value_range)
-    return write_container(latents, source, tile, model_fingerprint(model), latent_dtype,
+    return write_container(latents, source, tile, model.fingerprint(), latent_dtype,
                            compress and not entropy, secret,
                            model.tables if entropy else None)
 
 
 def open_latent_file(
-    model: CodecModel, data: bytes, label: str, secret: Secret | None = None
+    model: MicrocaeModel, data: bytes, label: str, secret: Secret | None = None
 ) -> tuple[LatentHeader, np.ndarray]:
     """Verify a latent file's bytes against ``model`` and return its header and latents.
 
@@ -117,30 +115,18 @@ def open_latent_file(
         decoder (fingerprint mismatch).
     """
     header, body = unseal(data, label, secret)
-    mine = model_fingerprint(model)
+    mine = model.fingerprint()
     if mine != header.fingerprint:
         raise MicrocaeError(
             f"{label}: made for another decoder (file fingerprint {header.fingerprint[:12]}..., "
             f"this model {mine[:12]}...)"
         )
-    if header.latent_channels != model.config.latent_channels or (
-        header.tile != header.latent_side * model.config.downsample
+    if header.latent_channels != model.latent_channels or (
+        header.tile != header.latent_side * model.downsample
     ):
         raise MicrocaeError(f"{label}: corrupt header (latent shape does not fit the decoder)")
-    tables = model.tables if isinstance(model, RDCAE) else None
+    tables = model.tables if model.latent_coding == ENTROPY else None
     return header, unpack(header, body, label, tables)
-
-
-@torch.no_grad()
-def decode_tiles(model: CodecModel, latents: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """Decode (T, C, h, w) latents in float64 and stitch them into the (H, W) float64 image."""
-    decoder = copy.deepcopy(model.decoder).to(torch.float64).eval()
-    tiles = np.empty((len(grid), grid.tile, grid.tile), dtype=np.float64)
-    for start in range(0, len(grid), DECODE_BATCH):
-        chunk = slice(start, min(start + DECODE_BATCH, len(grid)))
-        batch = torch.from_numpy(np.ascontiguousarray(latents[chunk], dtype=np.float64))
-        tiles[chunk] = decoder(batch)[:, 0].contiguous().numpy()
-    return stitch_tiles(tiles, grid)
 
 
 def to_stored_units(pixels: np.ndarray, source: SourceInfo) -> np.ndarray:
@@ -166,14 +152,15 @@ def to_stored_units(pixels: np.ndarray, source: SourceInfo) -> np.ndarray:
     return np.rint(pixels * 65535.0).astype(np.uint16)
 
 
-def render(model: CodecModel, header: LatentHeader, latents: np.ndarray) -> DecodedImage:
+def render(model: MicrocaeModel, header: LatentHeader, latents: np.ndarray) -> DecodedImage:
     """Decode verified latents (from :func:`open_latent_file`) to an image of the original shape."""
-    pixels = np.clip(decode_tiles(model, latents, header.grid), 0.0, 1.0)
+    pixels = np.clip(decode_latents(model, latents, header.grid, torch.float64, DECODE_BATCH),
+                     0.0, 1.0)
     return DecodedImage(pixels.astype(np.float32), to_stored_units(pixels, header.source), header)
 
 
 def decode_bytes(
-    model: CodecModel, data: bytes, label: str, secret: Secret | None = None
+    model: MicrocaeModel, data: bytes, label: str, secret: Secret | None = None
 ) -> DecodedImage:
     """Verify and decode the bytes of one latent file into an image of the original shape."""
     return render(model, *open_latent_file(model, data, label, secret))

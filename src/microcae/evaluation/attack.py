@@ -42,7 +42,7 @@ from microcae.codec.container import SourceInfo, read_container, write_container
 from microcae.data.dataset import PreparedSet
 from microcae.data.images import round_to_8bit, to_uint8
 from microcae.metrics.reconstruction import reconstruction_scores
-from microcae.models.cae import CAE, build_decoder, decoder_fingerprint
+from microcae.models.cae import CAE, build_decoder
 
 NO_LEAK_SCENARIOS = ("mean-image", "latent-view", "stats-match")
 """Adversaries that have only the latent files and public micrographs."""
@@ -63,7 +63,7 @@ def file_latents(model: CAE, tiles: np.ndarray) -> np.ndarray:
     source = SourceInfo(tiles.shape[1:], "uint8", "full", (0.0, 255.0))
     out = np.empty_like(raw)
     for i, latent in enumerate(raw):
-        data = write_container(latent[None], source, tiles.shape[1], decoder_fingerprint(model))
+        data = write_container(latent[None], source, tiles.shape[1], model.fingerprint())
         out[i] = read_container(data, "tile")[1][0]
     return out
 
@@ -209,7 +209,10 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     results["mean-image"] = scores(np.full_like(targets, public.mean()), targets)
     results["latent-view"] = latent_view(target_latents, targets, public, down)
 
-    own = fit(CAE(owner.config), lambda: image_crops(public, batch, rng), 2 * steps)
+    own = CAE(owner.config)
+    fit(nn.Sequential(own.encoder, own.decoder), lambda: image_crops(public, batch, rng),
+        2 * steps)
+    own.eval()
     own_public_latents = run_batched(own.encoder, public[:, None])
     adapter = stats_matched_adapter(owner_latents, own_public_latents)
     results["stats-match"] = scores(
@@ -230,7 +233,7 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
                 lambda: random_crops(public, public_latents, batch, down, rng), 2 * steps)
     results["encoder-known"] = scores(decode_all(known, target_latents), targets)
     return {
-        "owner_model_fingerprint": decoder_fingerprint(owner),
+        "owner_model_fingerprint": owner.fingerprint(),
         "data_manifest_sha256": prepared.manifest_sha256,
         "owner_tiles": len(owner_tiles), "public_tiles": len(public),
         "eval_tiles": len(evaluation), "leaks": leaks, "steps": steps,

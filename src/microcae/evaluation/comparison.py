@@ -272,8 +272,8 @@ def compare_images(
                             f"{sorted(METHODS) + list(CONTROLS)}")
     if exact_engine not in EXACT_ENGINES or exact_engine not in METHODS:
         raise MicrocaeError(f"exact engine must be one of {list(EXACT_ENGINES)} (registered)")
-    if tile <= 0 or tile % model.config.downsample or tiles_per_image < 1:
-        raise MicrocaeError(f"tile must be a positive multiple of {model.config.downsample} and "
+    if tile <= 0 or tile % model.downsample or tiles_per_image < 1:
+        raise MicrocaeError(f"tile must be a positive multiple of {model.downsample} and "
                             "tiles per image at least 1")
     dtype = next(model.parameters()).dtype
     fast = to_channels_last(copy.deepcopy(model))

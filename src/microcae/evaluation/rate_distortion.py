@@ -26,8 +26,8 @@ from microcae.codec import decode_bytes, encode_image
 from microcae.codec.quantise import LATENT_DTYPES
 from microcae.data.images import uint8_tile
 from microcae.metrics.reconstruction import reconstruction_scores
-from microcae.models.cae import CAE, decoder_fingerprint
-from microcae.models.rdcae import RDCAE, model_fingerprint
+from microcae.models.cae import CAE
+from microcae.models.rdcae import RDCAE
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def rate_distortion(
     model
         The autoencoder; each tile is encoded as its own latent file (header included).
     tiles
-        (N, S, S) uint8 tiles, S a multiple of ``model.config.downsample``.
+        (N, S, S) uint8 tiles, S a multiple of ``model.downsample``.
     codecs
         Keys of :data:`CLASSICAL_CODECS`.
     dtypes
@@ -242,7 +242,7 @@ def rate_distortion(
         "tiles": int(len(tiles)),
         "tile_shape": [int(tiles.shape[1]), int(tiles.shape[2])],
         "source_bpp": 8.0,
-        "model_fingerprint": decoder_fingerprint(model),
+        "model_fingerprint": model.fingerprint(),
         "png_bpp": float(np.mean(png_sizes) * 8.0 / tiles[0].size),
         "cae": [{"latent_dtype": d, "zstd": z, **_mean(cae_rows[(d, z)])} for d, z in configs],
         "matched": [
@@ -250,8 +250,8 @@ def rate_distortion(
              **_mean(matched[(d, z, k)])}
             for d, z, k in matched
         ],
-        "rd": [{"model": name, "fingerprint": model_fingerprint(rd_model),
-                "channels": list(rd_model.config.channels), **_mean(rd_rows[name])}
+        "rd": [{"model": name, "fingerprint": rd_model.fingerprint(),
+                "channels": list(rd_model.config.cae.channels), **_mean(rd_rows[name])}
                for name, rd_model in rd_models],
         "rd_matched": [{"model": n, "codec": k, "over_budget_tiles": rd_over[(n, k)],
                         **_mean(rd_matched[(n, k)])} for n, k in rd_matched],

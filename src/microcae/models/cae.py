@@ -1,26 +1,14 @@
-"""The study's convolutional autoencoder (CAE), configurable, with safetensors save/load."""
+"""The study's convolutional autoencoder (CAE), exactly as published, and configurable."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from microcae import __version__
-from microcae.util.atomic import atomic_path
-from microcae.util.errors import MicrocaeError
-
-MODEL_FORMAT = "microcae.cae"
-MODEL_FORMAT_VERSION = "1"
-BUNDLED_MODEL = Path(__file__).parents[1] / "assets" / "cae_default.safetensors"
-"""The model shipped with the package (study architecture, trained on public micrographs)."""
+from microcae.models.base import MicrocaeModel
 
 
 @dataclass(frozen=True)
@@ -110,13 +98,17 @@ def build_decoder(config: CAEConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class CAE(nn.Module):
+class CAE(MicrocaeModel):
     """Convolutional autoencoder of Arumugam & Kiran (2023); ``CAE()`` is the study's network.
 
     ``encoder`` maps (N, 1, H, W) floats in [0, 1] to (N, 8, H/16, W/16); ``decoder`` maps back.
     H and W must be multiples of ``config.downsample``. With the default configuration the model
     has 50,353 parameters and compresses 65,536 pixel values to 2,048 latent values (ratio 32).
+    Latent files store its latents quantised (8-bit by default, see :mod:`microcae.codec`).
     """
+
+    kind = "microcae.cae"
+    config_type = CAEConfig
 
     def __init__(self, config: CAEConfig | None = None) -> None:
         super().__init__()
@@ -124,169 +116,27 @@ class CAE(nn.Module):
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct ``x`` (N, C, H, W) -> (N, C, H, W)."""
-        return self.decoder(self.encoder(x))
+    @property
+    def downsample(self) -> int:
+        """Factor by which each image side shrinks to the latent (16 for the study)."""
+        return self.config.downsample
 
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels (8 for the study)."""
+        return self.config.latent_channels
 
-@dataclass
-class ModelFile:
-    """A loaded model and the provenance stored with it."""
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruct ``x`` (N, C, H, W): returns ``{"x_hat": (N, C, H, W)}``."""
+        return {"x_hat": self.decoder(self.encoder(x))}
 
-    model: CAE
-    provenance: dict[str, Any] = field(default_factory=dict)
-    microcae_version: str = ""
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Real-valued latents ``{"latents": (N, C_lat, H/d, W/d)}`` of (N, C, H, W) images."""
+        return {"latents": self.encoder(x)}
 
-
-def state_fingerprint(state: dict[str, torch.Tensor], prefix: str, extra: str) -> str:
-    """SHA-256 (hex) of ``extra`` and the tensors of ``state`` whose names start with ``prefix``.
-
-    Tensors enter in name order, each with its name, dtype and shape, then its CPU bytes.
-    """
-    digest = hashlib.sha256(extra.encode("utf-8"))
-    for name in sorted(k for k in state if k.startswith(prefix)):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def decoder_fingerprint(model: CAE) -> str:
-    """SHA-256 (hex) of the decoder's configuration and weights: what a latent file is tied to."""
-    return state_fingerprint(model.state_dict(), "decoder.", model.config.to_json())
-
-
-def save_model(model: CAE, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
-    """Write weights as safetensors with configuration and provenance as JSON metadata.
-
-    Parameters
-    ----------
-    model
-        The autoencoder to save (weights are copied to contiguous CPU float tensors).
-    path
-        Target file; written atomically (temporary file, then rename).
-    provenance
-        JSON-serialisable facts about how the model was made (data manifest hash, epochs, seed,
-        metrics, ...). The package version is added automatically.
-    """
-    write_model_file(path, model.state_dict(), MODEL_FORMAT, MODEL_FORMAT_VERSION,
-                     model.config.to_json(), provenance)
-
-
-def write_model_file(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
-                     version: str, config_json: str, provenance: dict[str, Any] | None) -> None:
-    """Write tensors (copied to contiguous CPU tensors) and model metadata, atomically.
-
-    The metadata holds ``format`` = ``kind``, ``format_version``, the configuration JSON, the
-    provenance JSON and the package version.
-    """
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    metadata = {
-        "format": kind,
-        "format_version": version,
-        "config": config_json,
-        "provenance": json.dumps(provenance or {}, sort_keys=True),
-        "microcae_version": __version__,
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def read_safetensors(path: Path, tensors: bool = True
-                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Read a safetensors model file's metadata (and tensors, on the CPU), never unpickling.
-
-    Raises
-    ------
-    MicrocaeError
-        If the file is missing or not safetensors.
-    """
-    if not path.is_file():
-        raise MicrocaeError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        return metadata, load_file(str(path)) if tensors else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise MicrocaeError(f"{path}: not a valid safetensors model file ({reason})") from None
-
-
-def checked_metadata(path: Path, metadata: dict[str, str], kind: str, version: str,
-                     label: str) -> tuple[str, dict[str, Any]]:
-    """Check a model file's ``format`` and ``format_version``; return (config JSON, provenance).
-
-    Parameters
-    ----------
-    path
-        The file (for messages).
-    metadata
-        Its safetensors metadata.
-    kind, version
-        Expected ``format`` and ``format_version``.
-    label
-        What the file should be, for messages (e.g. ``"microcae model"``).
-
-    Raises
-    ------
-    MicrocaeError
-        On another format, an unsupported version or unreadable configuration/provenance.
-    """
-    if metadata.get("format") != kind:
-        raise MicrocaeError(f"{path}: not a {label} (no '{kind}' metadata)")
-    if metadata.get("format_version") != version:
-        raise MicrocaeError(
-            f"{path}: {label} format version {metadata.get('format_version')!r} is not supported"
-        )
-    try:
-        return metadata["config"], json.loads(metadata.get("provenance", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
-
-
-def load_checked_weights(path: Path, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load ``weights`` into ``model`` after checking names, shapes, dtype kind and finiteness.
-
-    Raises
-    ------
-    MicrocaeError
-        If the weights do not match the model built from the stored configuration, or hold NaN
-        or infinite values.
-    """
-    expected = model.state_dict()
-    if set(weights) != set(expected) or any(
-        weights[k].shape != expected[k].shape or not weights[k].is_floating_point()
-        for k in expected
-    ):
-        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
-    if not all(torch.isfinite(t).all() for t in weights.values()):
-        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
-
-
-def read_model_file(path: str | Path) -> ModelFile:
-    """Load a model saved by :func:`save_model`, never unpickling anything.
-
-    Raises
-    ------
-    MicrocaeError
-        If the file is missing, not safetensors, not a microcae model, of a newer format, or
-        its weights do not match its stored configuration.
-    """
-    path = Path(path)
-    metadata, tensors = read_safetensors(path)
-    config_json, provenance = checked_metadata(path, metadata, MODEL_FORMAT, MODEL_FORMAT_VERSION,
-                                               "microcae model")
-    try:
-        config = CAEConfig.from_json(config_json)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
-    model = CAE(config)
-    load_checked_weights(path, model, tensors)
-    model.eval()
-    return ModelFile(model, provenance, metadata.get("microcae_version", ""))
-
-
-def load_model(path: str | Path | None = None) -> CAE:
-    """Load a :class:`CAE` from a safetensors file (``None``: the bundled model), in eval mode."""
-    return read_model_file(BUNDLED_MODEL if path is None else path).model
+    @torch.no_grad()
+    def decompress(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decode (N, C_lat, h, w) latents: returns ``{"x_hat": (N, C, h·d, w·d)}``."""
+        weight = next(self.decoder.parameters())
+        return {"x_hat": self.decoder(latents.to(weight.device, weight.dtype))}

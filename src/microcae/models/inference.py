@@ -1,17 +1,35 @@
-"""Run a trained CAE over whole micrographs of any size, tile by tile, with bounded memory."""
+"""Run any model over whole micrographs tile by tile, with bounded memory, never changing it.
+
+Every function here works on a private copy of the model's modules in eval mode (optionally in
+another dtype or memory layout), so the caller's model keeps its mode, dtype, layout and hooks.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
-from microcae.models.cae import CAE
+from microcae.models.base import MicrocaeModel
 from microcae.util.runtime import to_channels_last
 
 DEFAULT_BATCH = 8
+
+
+def inference_copy(module: nn.Module, dtype: torch.dtype | None = None,
+                   channels_last: bool = True) -> nn.Module:
+    """Return a deep copy of ``module`` in eval mode, cast to ``dtype``, channels-last if asked.
+
+    The caller's module is left exactly as it was (mode, parameters, memory layout).
+    """
+    private = copy.deepcopy(module).eval()
+    if dtype is not None:
+        private = private.to(dtype)
+    return to_channels_last(private) if channels_last else private
 
 
 def micrograph_grid(shape: tuple[int, int], tile: int = 256) -> TileGrid:
@@ -31,19 +49,20 @@ def tile_batches(
 
 @torch.no_grad()
 def encode_micrograph(
-    model: CAE, pixels: np.ndarray, tile: int = 256, batch_size: int = DEFAULT_BATCH
+    model: MicrocaeModel, pixels: np.ndarray, tile: int = 256, batch_size: int = DEFAULT_BATCH
 ) -> tuple[np.ndarray, TileGrid]:
-    """Encode an (H, W) image in [0, 1] tile by tile.
+    """Encode an (H, W) image in [0, 1] tile by tile with the model's encoder (float32).
 
     Returns
     -------
     latents, grid
-        (T, C, tile/16, tile/16) float32 latents in ``grid.positions`` order, and the grid.
+        (T, C, tile/d, tile/d) float32 real-valued latents in ``grid.positions`` order, and the
+        grid (d = ``model.downsample``).
     """
     grid = micrograph_grid(pixels.shape, tile)
-    encoder = to_channels_last(model.encoder.eval())
-    side = tile // model.config.downsample
-    latents = np.empty((len(grid), model.config.latent_channels, side, side), dtype=np.float32)
+    encoder = inference_copy(model.encoder)
+    side = tile // model.downsample
+    latents = np.empty((len(grid), model.latent_channels, side, side), dtype=np.float32)
     for chunk, batch in tile_batches(pixels, grid, batch_size):
         latents[chunk] = encoder(to_channels_last(batch)).contiguous().numpy()
     return latents, grid
@@ -51,21 +70,57 @@ def encode_micrograph(
 
 @torch.no_grad()
 def decode_latents(
-    model: CAE, latents: np.ndarray, grid: TileGrid, batch_size: int = DEFAULT_BATCH
+    model: MicrocaeModel, latents: np.ndarray, grid: TileGrid,
+    dtype: torch.dtype = torch.float32, batch_size: int = DEFAULT_BATCH,
 ) -> np.ndarray:
-    """Decode (T, C, h, w) latents and stitch them into the (H, W) float32 image of ``grid``."""
-    decoder = to_channels_last(model.decoder.eval())
-    tiles = np.empty((len(grid), grid.tile, grid.tile), dtype=np.float32)
+    """Decode (T, C, h, w) latents with ``model.decompress`` and stitch the (H, W) image.
+
+    This is the one decode path of tiled models (reconstruction, latent files, batch jobs).
+
+    Parameters
+    ----------
+    model
+        Any tiled model kind.
+    latents
+        (T, C, h, w) latents (real-valued, dequantised or integer symbols) in grid order.
+    grid
+        The image's tile grid.
+    dtype
+        Decoder precision. ``torch.float64`` runs on contiguous NCHW tensors, whose output bits
+        do not depend on thread count or batch size (what latent files decode with);
+        ``torch.float32`` runs channels-last (fast).
+    batch_size
+        Tiles per decoder call.
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) image in ``dtype``'s NumPy type (unclipped).
+    """
+    fast = dtype == torch.float32
+    decoding = inference_copy(model, dtype, channels_last=fast)
+    out_dtype = np.float32 if fast else np.float64
+    tiles = np.empty((len(grid), grid.tile, grid.tile), dtype=out_dtype)
     for start in range(0, len(grid), batch_size):
         chunk = slice(start, min(start + batch_size, len(grid)))
-        batch = torch.from_numpy(np.ascontiguousarray(latents[chunk], dtype=np.float32))
-        tiles[chunk] = decoder(to_channels_last(batch))[:, 0].contiguous().numpy()
-    return stitch_tiles(tiles, grid).astype(np.float32)
+        batch = torch.from_numpy(np.ascontiguousarray(latents[chunk], dtype=out_dtype))
+        batch = to_channels_last(batch) if fast else batch
+        tiles[chunk] = decoding.decompress(batch)["x_hat"][:, 0].contiguous().numpy()
+    return stitch_tiles(tiles, grid).astype(out_dtype, copy=False)
 
 
 def reconstruct_micrograph(
-    model: CAE, pixels: np.ndarray, tile: int = 256, batch_size: int = DEFAULT_BATCH
+    model: MicrocaeModel, pixels: np.ndarray, tile: int = 256, batch_size: int = DEFAULT_BATCH
 ) -> np.ndarray:
-    """Encode and decode an (H, W) image in [0, 1]; returns the (H, W) float32 reconstruction."""
-    latents, grid = encode_micrograph(model, pixels, tile, batch_size)
-    return decode_latents(model, latents, grid, batch_size)
+    """Encode and decode an (H, W) image in [0, 1]; returns the (H, W) float32 reconstruction.
+
+    The latents pass through the model's own coding (:meth:`~MicrocaeModel.compress` output:
+    real-valued for the CAE, rounded integers for entropy-coded kinds).
+    """
+    grid = micrograph_grid(pixels.shape, tile)
+    coding = inference_copy(model)
+    parts = []
+    for _, batch in tile_batches(pixels, grid, batch_size):
+        coded = coding.compress(to_channels_last(batch))["latents"]
+        parts.append(coded.float().contiguous().numpy())
+    return decode_latents(model, np.concatenate(parts), grid, batch_size=batch_size)

@@ -15,39 +15,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
 from microcae.entropy.code_tables import VALUE_MAX, VALUE_MIN, EntropyTables, build_tables
 from microcae.entropy.factorized import FactorizedPrior
-from microcae.models.cae import (
-    BUNDLED_MODEL,
-    CAE,
-    MODEL_FORMAT,
-    CAEConfig,
-    build_decoder,
-    build_encoder,
-    checked_metadata,
-    decoder_fingerprint,
-    load_checked_weights,
-    read_model_file,
-    read_safetensors,
-    state_fingerprint,
-    write_model_file,
-)
+from microcae.models.base import MicrocaeModel
+from microcae.models.cae import CAEConfig, build_decoder, build_encoder
 from microcae.util.errors import MicrocaeError
-
-RD_MODEL_FORMAT = "microcae.rdcae"
-RD_MODEL_FORMAT_VERSION = "1"
 
 ARCHITECTURES: dict[str, CAEConfig] = {
     "study": CAEConfig(),
     "wide": CAEConfig(channels=(64, 64, 64, 32)),
 }
-"""Named CAE architectures for ``microcae train-rd --arch``. ``study``: the paper's network
+"""Named CAE architectures of RD models (``microcae train --arch rd-study|rd-wide``).
+``study``: the paper's network
 (latent 16×16×8 per 256² tile); ``wide``: same depth, 64 channels in every hidden stage and a
 16×16×32 latent (4× the latent values, which the entropy coder makes cheap where they are
 predictable)."""
@@ -79,23 +61,36 @@ class RDConfig:
         return cls(CAEConfig.from_json(json.dumps(data["cae"])), tuple(data["filters"]))
 
 
-class RDCAE(nn.Module):
+class RDCAE(MicrocaeModel):
     """CAE whose integer latents are entropy coded with a learned factorized prior.
 
     ``encoder`` and ``decoder`` are those of :class:`microcae.models.cae.CAE` with configuration
-    ``config`` (so saliency, tiling and decoding code treat both alike); ``prior`` models each
+    ``config.cae`` (so saliency, tiling and decoding code treat both alike); ``prior`` models each
     latent channel's distribution; ``tables`` are its integer code tables (None until
-    :meth:`update_tables` or loading).
+    :meth:`update` or loading).
     """
 
-    def __init__(self, rd_config: RDConfig | None = None) -> None:
+    kind = "microcae.rdcae"
+    config_type = RDConfig
+    latent_coding = "entropy"
+
+    def __init__(self, config: RDConfig | None = None) -> None:
         super().__init__()
-        self.rd_config = rd_config or RDConfig()
-        self.config = self.rd_config.cae
-        self.encoder = build_encoder(self.config)
-        self.decoder = build_decoder(self.config)
-        self.prior = FactorizedPrior(self.config.latent_channels, self.rd_config.filters)
+        self.config = config or RDConfig()
+        self.encoder = build_encoder(self.config.cae)
+        self.decoder = build_decoder(self.config.cae)
+        self.prior = FactorizedPrior(self.config.cae.latent_channels, self.config.filters)
         self.tables: EntropyTables | None = None
+
+    @property
+    def downsample(self) -> int:
+        """Factor by which each image side shrinks to the latent (16 for the study's depth)."""
+        return self.config.cae.downsample
+
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels."""
+        return self.config.cae.latent_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass on (N, 1, H, W) images in [0, 1].
@@ -122,11 +117,11 @@ class RDCAE(nn.Module):
         Returns
         -------
         dict
-            ``symbols``: (N, C, H/d, W/d) int32, the encoder's output rounded (half to even)
+            ``latents``: (N, C, H/d, W/d) int32 symbols, the encoder's output rounded (half to even)
             and clamped to the int16 range, as :mod:`microcae.entropy.range_coder` codes them.
         """
         y = torch.round(self.encoder(x))
-        return {"symbols": y.clamp(VALUE_MIN, VALUE_MAX).to(torch.int32)}
+        return {"latents": y.clamp(VALUE_MIN, VALUE_MAX).to(torch.int32)}
 
     @torch.no_grad()
     def decompress(self, symbols: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -134,95 +129,25 @@ class RDCAE(nn.Module):
         weight = next(self.decoder.parameters())
         return {"x_hat": self.decoder(symbols.to(weight.device, weight.dtype))}
 
-    def update_tables(self) -> EntropyTables:
+    def update(self) -> None:
         """Build (and keep) the integer code tables from the current prior."""
         self.tables = build_tables(self.prior)
-        return self.tables
 
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Return the int32 code tables as ``tables.*`` tensors.
 
-CodecModel = CAE | RDCAE
-"""Any model the latent files can be made with."""
+        Raises
+        ------
+        MicrocaeError
+            If the tables were never built (:meth:`update`) nor loaded.
+        """
+        if self.tables is None:
+            raise MicrocaeError("the RD model has no code tables (call update first)")
+        return self.tables.to_tensors()
 
-
-def _fingerprint_tensors(model: RDCAE) -> dict[str, torch.Tensor]:
-    if model.tables is None:
-        raise MicrocaeError("the RD model has no code tables (call update_tables first)")
-    state = {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
-    return {**state, **model.tables.to_tensors()}
-
-
-def model_fingerprint(model: CodecModel) -> str:
-    """SHA-256 (hex) that a latent file is tied to.
-
-    For a :class:`~microcae.models.cae.CAE`: :func:`microcae.models.cae.decoder_fingerprint`. For an
-    :class:`RDCAE`: its configuration JSON, decoder weights and int32 code tables, so a file
-    never decodes with other tables.
-    """
-    if isinstance(model, RDCAE):
-        return state_fingerprint(_fingerprint_tensors(model), "", model.rd_config.to_json())
-    return decoder_fingerprint(model)
-
-
-@dataclass
-class RDModelFile:
-    """A loaded RD model and the provenance stored with it."""
-
-    model: RDCAE
-    provenance: dict[str, Any] = field(default_factory=dict)
-    microcae_version: str = ""
-
-
-def save_rd_model(model: RDCAE, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
-    """Build the code tables from the prior and write everything as safetensors, atomically.
-
-    Parameters
-    ----------
-    model
-        The trained model; its ``tables`` are (re)computed here from ``prior``.
-    path
-        Target file.
-    provenance
-        JSON-serialisable facts about the training (lambda, data, epochs, ...).
-    """
-    model.update_tables()
-    write_model_file(path, {**model.state_dict(), **model.tables.to_tensors()}, RD_MODEL_FORMAT,
-                     RD_MODEL_FORMAT_VERSION, model.rd_config.to_json(), provenance)
-
-
-def read_rd_model_file(path: str | Path) -> RDModelFile:
-    """Load a model saved by :func:`save_rd_model` (eval mode, CPU), never unpickling.
-
-    Raises
-    ------
-    MicrocaeError
-        If the file is missing, not an RD model, of an unknown format version, or its weights
-        or code tables do not match its stored configuration.
-    """
-    path = Path(path)
-    metadata, tensors = read_safetensors(path)
-    config_json, provenance = checked_metadata(path, metadata, RD_MODEL_FORMAT,
-                                               RD_MODEL_FORMAT_VERSION, "microcae RD model")
-    try:
-        config = RDConfig.from_json(config_json)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MicrocaeError(f"{path}: corrupt model metadata ({exc})") from None
-    model = RDCAE(config)
-    load_checked_weights(path, model, {k: v for k, v in tensors.items()
-                                       if not k.startswith("tables.")})
-    model.tables = EntropyTables.from_tensors(tensors, str(path))
-    if model.tables.channels != config.cae.latent_channels:
-        raise MicrocaeError(f"{path}: code tables do not match the latent channels")
-    model.eval()
-    return RDModelFile(model, provenance, metadata.get("microcae_version", ""))
-
-
-def load_codec_model(path: str | Path | None = None) -> CodecModel:
-    """Load a CAE or an RD model by its file's ``format`` metadata (None: the bundled CAE)."""
-    if path is None:
-        return read_model_file(BUNDLED_MODEL).model
-    metadata, _ = read_safetensors(Path(path), tensors=False)
-    if metadata.get("format") == RD_MODEL_FORMAT:
-        return read_rd_model_file(path).model
-    if metadata.get("format") != MODEL_FORMAT:
-        raise MicrocaeError(f"{path}: not a microcae model (format {metadata.get('format')!r})")
-    return read_model_file(path).model
+    def load_stored_tensors(self, tensors: dict[str, torch.Tensor], label: str) -> None:
+        """Read and validate the ``tables.*`` tensors of a model file."""
+        tables = EntropyTables.from_tensors(tensors, label)
+        if tables.channels != self.latent_channels:
+            raise MicrocaeError(f"{label}: code tables do not match the latent channels")
+        self.tables = tables

@@ -11,7 +11,7 @@ from microcae.codec.container import SUFFIX
 from microcae.codec.crypto import Secret
 from microcae.codec.latent_files import encode_image, open_latent_file, render
 from microcae.data.images import find_images, read_micrograph
-from microcae.models.rdcae import CodecModel
+from microcae.models.base import MicrocaeModel
 from microcae.util.atomic import atomic_path, write_bytes_atomic
 from microcae.util.errors import MicrocaeError
 
@@ -27,7 +27,7 @@ def _unique_outputs(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path
 
 
 def encode_files(
-    model: CodecModel,
+    model: MicrocaeModel,
     inputs: list[str | Path],
     out_dir: str | Path,
     latent_dtype: str | None = None,
@@ -57,7 +57,7 @@ def encode_files(
 
 
 def decode_files(
-    model: CodecModel,
+    model: MicrocaeModel,
     files: list[str | Path],
     out_dir: str | Path,
     secret: Secret | None = None,

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from microcae import __version__
 from microcae.data.dataset import PreparedSet
-from microcae.models.cae import CAE, CAEConfig, save_model
+from microcae.models.cae import CAE, CAEConfig
+from microcae.models.registry import save_model
 from microcae.training.distributed import ProcessGroup, process_group
 from microcae.util.atomic import atomic_path, write_text_atomic
 from microcae.util.errors import MicrocaeError
@@ -103,7 +104,7 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Ada
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
     """One Adam step on the MSE reconstruction loss of ``batch`` (B, 1, H, W); returns the loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.mse_loss(model(batch), batch)
+    loss = nn.functional.mse_loss(model(batch)["x_hat"], batch)
     loss.backward()
     optimizer.step()
     return float(loss.detach())
@@ -129,7 +130,7 @@ def shard_step(model: nn.Module, optimizer: torch.optim.Optimizer, shard: torch.
     """
     optimizer.zero_grad(set_to_none=True)
     pixels = shard.shape[-2] * shard.shape[-1]
-    summed = (model(shard) - shard).pow(2).sum()
+    summed = (model(shard)["x_hat"] - shard).pow(2).sum()
     (summed * (world_size / (global_tiles * pixels))).backward()
     optimizer.step()
     return float(summed.detach()) / pixels
@@ -194,7 +195,7 @@ def evaluate_mse(model: nn.Module, tiles: np.ndarray, indices: np.ndarray,
     device = next(model.parameters()).device
     for start in range(0, len(indices), batch_size):
         batch = batch_tensor(tiles, indices[start : start + batch_size]).to(device)
-        total += float(nn.functional.mse_loss(model(batch), batch, reduction="sum"))
+        total += float(nn.functional.mse_loss(model(batch)["x_hat"], batch, reduction="sum"))
     model.train(was_training)
     return total / (len(indices) * tiles.shape[1] * tiles.shape[2])
 

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from microcae import __version__
 from microcae.data.dataset import PreparedSet
-from microcae.models.rdcae import RDCAE, RDConfig, save_rd_model
+from microcae.models.rdcae import RDCAE, RDConfig
+from microcae.models.registry import save_model
 from microcae.training.distributed import single_device
 from microcae.training.loop import (
     TrainSettings,
@@ -245,7 +246,7 @@ def train_rd(
         "device": str(where),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    save_rd_model(model, out, provenance)
+    save_model(model, out, provenance)
     files = {"model": out, "checkpoint": checkpoint, "log_csv": side_file(out, ".train.csv")}
     write_text_atomic(files["log_csv"], csv_text(history))
     return RDTrainResult(model, history, files)

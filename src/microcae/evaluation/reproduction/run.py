@@ -34,7 +34,8 @@ from microcae.figures.comparison import comparison_grid
 from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
-from microcae.models.cae import BUNDLED_MODEL, CAE, decoder_fingerprint, load_model
+from microcae.models.cae import CAE
+from microcae.models.registry import BUNDLED_MODEL, load_model
 from microcae.training.loop import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
@@ -103,7 +104,7 @@ class Measured:
 
 def _reconstruct(model: CAE, tiles: np.ndarray) -> np.ndarray:
     """(T, H, W) -> (T, H, W) reconstructions in float32."""
-    return run_batched(model, tiles[:, None])[:, 0]
+    return run_batched(torch.nn.Sequential(model.encoder, model.decoder), tiles[:, None])[:, 0]
 
 
 def _reconstruction(model: CAE, data: PreparedSet) -> dict:
@@ -271,7 +272,7 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
         "threads": torch.get_num_threads(),
         "model": {"path": str(model_path) if model_path else
                   f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
-                  f"{BUNDLED_MODEL.name})", "fingerprint": decoder_fingerprint(model)},
+                  f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint()},
         "data": data_summary, "study_like_groups": list(study_like),
         "claims": [c.as_dict() for c in claim_rows],
         "reconstruction": reconstruction, "storage": storage, "exactness": exactness,

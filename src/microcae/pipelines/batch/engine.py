@@ -12,7 +12,6 @@ interrupted and restarted writes the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 
 from microcae.data.images import find_images
-from microcae.models.cae import CAE
+from microcae.models.base import WHOLE_MODEL, MicrocaeModel
+from microcae.models.inference import inference_copy
 from microcae.pipelines.batch.jobs import TileJob
 from microcae.pipelines.batch.scheduling import run_tasks
 from microcae.pipelines.batch.sources import TileSource, open_source
@@ -34,7 +34,6 @@ from microcae.pipelines.batch.store import (
     write_block,
 )
 from microcae.util.errors import MicrocaeError
-from microcae.util.runtime import to_channels_last
 
 
 @dataclass(frozen=True)
@@ -80,15 +79,6 @@ class BatchReport:
         return self.tiles / self.seconds if self.tiles and self.seconds > 0 else 0.0
 
 
-def model_fingerprint(model: CAE) -> str:
-    """SHA-256 (hex) of a model's configuration and all its weights."""
-    digest = hashlib.sha256(model.config.to_json().encode("utf-8"))
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode("utf-8"))
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def image_keys(inputs: Sequence[str | Path]) -> dict[str, Path]:
     """Name every input image by its path relative to the folder given (or its file name).
 
@@ -109,7 +99,7 @@ def image_keys(inputs: Sequence[str | Path]) -> dict[str, Path]:
     return keys
 
 
-def run_block(model: CAE, job: TileJob, source: TileSource, store: Path, key: str,
+def run_block(model: MicrocaeModel, job: TileJob, source: TileSource, store: Path, key: str,
               block_index: tuple[int, int], settings: BatchSettings) -> int:
     """Compute and store one block of tiles (the unit of work sent to a worker).
 
@@ -151,7 +141,7 @@ def run_block(model: CAE, job: TileJob, source: TileSource, store: Path, key: st
 def run_batch(
     inputs: Sequence[str | Path],
     job: TileJob,
-    model: CAE,
+    model: MicrocaeModel,
     out: str | Path,
     settings: BatchSettings | None = None,
     scheduler: str | None = None,
@@ -193,17 +183,17 @@ def run_batch(
         changed since it entered the store, an unreachable scheduler.
     """
     settings = settings or BatchSettings()
-    if settings.tile % model.config.downsample:
+    if settings.tile % model.downsample:
         raise MicrocaeError(f"tile side {settings.tile} is not a multiple of the model's "
-                            f"downsampling factor {model.config.downsample}")
+                            f"downsampling factor {model.downsample}")
     started = time.perf_counter()
     out = Path(out)
-    model = to_channels_last(model.eval())
-    root = open_store(out, store_identity(job, model_fingerprint(model), settings.tile,
+    model = inference_copy(model)
+    root = open_store(out, store_identity(job, model.fingerprint(WHOLE_MODEL), settings.tile,
                                           settings.block))
     result_shape = job.result_shape(model, settings.tile)
     keys = image_keys(inputs)
-    tasks: list[Callable[[CAE], int]] = []
+    tasks: list[Callable[[MicrocaeModel], int]] = []
     blocks = 0
     for key, path in keys.items():
         source = open_source(path)

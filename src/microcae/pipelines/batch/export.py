@@ -18,9 +18,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from microcae.codec.container import SUFFIX, SourceInfo, write_container
-from microcae.models.cae import CAE, decoder_fingerprint
-from microcae.pipelines.batch.engine import model_fingerprint
+from microcae.codec.container import ENTROPY, SUFFIX, SourceInfo, write_container
+from microcae.models.base import WHOLE_MODEL, MicrocaeModel
 from microcae.pipelines.batch.store import DONE
 from microcae.pipelines.reconstruct import save_png
 from microcae.util.atomic import atomic_path, write_bytes_atomic
@@ -32,13 +31,15 @@ def _image_groups(root: zarr.Group) -> dict[str, zarr.Group]:
             if isinstance(node, zarr.Group) and DONE in node}
 
 
-def _latent_file(group: zarr.Group, target: Path, model: CAE, tile: int) -> Path:
+def _latent_file(group: zarr.Group, target: Path, model: MicrocaeModel, tile: int) -> Path:
     record = group.attrs["source"]
     latents = np.asarray(group["latents"][...])
     source = SourceInfo(tuple(record["shape"]), record["dtype"], record["scaling"],
                         tuple(record["value_range"]))
+    entropy = model.latent_coding == ENTROPY
     data = write_container(latents.reshape(-1, *latents.shape[2:]), source, tile,
-                           decoder_fingerprint(model))
+                           model.fingerprint(), model.latent_coding, compress=not entropy,
+                           tables=model.tables if entropy else None)
     path = target.with_name(target.name + SUFFIX)
     write_bytes_atomic(path, data)
     return path
@@ -61,7 +62,7 @@ def _reconstruction_file(group: zarr.Group, target: Path) -> Path:
                     target.with_name(target.name + ".reconstruction.png"))
 
 
-def export_store(store: str | Path, model: CAE, out_dir: str | Path,
+def export_store(store: str | Path, model: MicrocaeModel, out_dir: str | Path,
                  progress: bool = True) -> list[Path]:
     """Write one per-file output for every image of a finished batch store.
 
@@ -92,7 +93,7 @@ def export_store(store: str | Path, model: CAE, out_dir: str | Path,
     identity: dict[str, Any] | None = root.attrs.get("microcae")
     if identity is None:
         raise MicrocaeError(f"{store}: not a microcae batch store")
-    if identity["model"] != model_fingerprint(model):
+    if identity["model"] != model.fingerprint(WHOLE_MODEL):
         raise MicrocaeError(f"{store}: made with another model than the one given")
     written = []
     for key, group in tqdm(sorted(_image_groups(root).items()), desc="export", unit="image",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from microcae.models.cae import CAE
+from microcae.models.base import MicrocaeModel
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
 
@@ -51,30 +51,31 @@ class TileJob:
     name: str
     array: str
     layout: Layout
-    compute: Callable[[CAE, torch.Tensor], np.ndarray]
+    compute: Callable[[MicrocaeModel, torch.Tensor], np.ndarray]
     options: dict[str, Any] = field(default_factory=dict)
 
-    def result_shape(self, model: CAE, tile: int) -> tuple[int, ...]:
+    def result_shape(self, model: MicrocaeModel, tile: int) -> tuple[int, ...]:
         """Shape of one tile's result (without the batch axis)."""
         if self.layout == "image":
             return (tile, tile)
-        side = tile // model.config.downsample
-        return (model.config.latent_channels, side, side)
+        side = tile // model.downsample
+        return (model.latent_channels, side, side)
 
 
 @torch.no_grad()
-def _encode(model: CAE, batch: torch.Tensor) -> np.ndarray:
-    latents = model.encoder(to_channels_last(batch))
+def _encode(model: MicrocaeModel, batch: torch.Tensor) -> np.ndarray:
+    latents = model.compress(to_channels_last(batch))["latents"]
     return latents.contiguous().numpy().astype(np.float32, copy=False)
 
 
 @torch.no_grad()
-def _reconstruct(model: CAE, batch: torch.Tensor) -> np.ndarray:
-    tiles = model.decoder(to_channels_last(model.encoder(to_channels_last(batch))))[:, 0]
+def _reconstruct(model: MicrocaeModel, batch: torch.Tensor) -> np.ndarray:
+    latents = model.compress(to_channels_last(batch))["latents"]
+    tiles = model.decompress(to_channels_last(latents.float()))["x_hat"][:, 0]
     return tiles.contiguous().numpy().astype(np.float32, copy=False)
 
 
-def _relevance(method: str, model: CAE, batch: torch.Tensor) -> np.ndarray:
+def _relevance(method: str, model: MicrocaeModel, batch: torch.Tensor) -> np.ndarray:
     from microcae.saliency import relevance
 
     # methods may hook the encoder, and threads share the model: work on a private copy
@@ -83,7 +84,12 @@ def _relevance(method: str, model: CAE, batch: torch.Tensor) -> np.ndarray:
 
 
 def encode_job() -> TileJob:
-    """Latents of every tile: (C, tile/d, tile/d) float32 per tile (d: the model's downsampling)."""
+    """Latents of every tile: (C, tile/d, tile/d) float32 per tile (d: the model's downsampling).
+
+    The latents are what the model's ``compress`` gives: real-valued for the study CAE,
+    integer symbols (stored as float32) for entropy-coded kinds, so export can entropy-code
+    them.
+    """
     return TileJob("encode", "latents", "tile", _encode)
 
 

@@ -1,0 +1,150 @@
+"""Model kinds and bundled models by name; the one loader and the one saver for every kind.
+
+``--model`` on the command line takes a name of :data:`BUNDLED` (``study``, ``rd-study``, ...) or
+a path to a model file. :func:`load_model` reads any kind: the file's ``format`` metadata picks
+the class from :data:`MODEL_KINDS`, the stored configuration builds it (never the weight
+shapes), and the stored tensor shapes are checked against that configuration *before* anything
+is allocated, so a small file cannot make the loader build a huge network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from microcae.models.base import MicrocaeModel
+from microcae.models.cae import CAE
+from microcae.models.files import (
+    FileHeader,
+    parse_metadata_json,
+    read_file_header,
+    read_tensors,
+    write_model_file,
+)
+from microcae.models.rdcae import RDCAE
+from microcae.util.errors import MicrocaeError
+
+ASSETS = Path(__file__).parents[1] / "assets"
+
+MODEL_KINDS: dict[str, type[MicrocaeModel]] = {cls.kind: cls for cls in (CAE, RDCAE)}
+"""File ``format`` -> model class."""
+
+BUNDLED: dict[str, Path] = {
+    "study": ASSETS / "cae_default.safetensors",
+    "rd-study": ASSETS / "rd_study.safetensors",
+    "rd-wide": ASSETS / "rd_wide.safetensors",
+}
+"""Models shipped with the package, by the name ``--model`` accepts (see the README for how
+each was trained; each file's provenance metadata says so too)."""
+
+DEFAULT_MODEL = "study"
+BUNDLED_MODEL = BUNDLED[DEFAULT_MODEL]
+"""The study CAE trained on public micrographs: what ``load_model()`` returns."""
+
+
+@dataclass
+class ModelFile:
+    """A loaded model and the provenance stored with it."""
+
+    model: MicrocaeModel
+    provenance: dict[str, Any] = field(default_factory=dict)
+    microcae_version: str = ""
+
+
+def resolve_model(name_or_path: str | Path | None) -> Path:
+    """Path of a bundled model's name (None: the default model), or the given path."""
+    if name_or_path is None:
+        return BUNDLED_MODEL
+    if str(name_or_path) in BUNDLED:
+        return BUNDLED[str(name_or_path)]
+    return Path(name_or_path)
+
+
+def _model_class(header: FileHeader) -> type[MicrocaeModel]:
+    cls = MODEL_KINDS.get(header.kind)
+    if cls is None:
+        raise MicrocaeError(f"{header.path}: not a microcae model (format {header.kind!r}; "
+                            f"known: {', '.join(MODEL_KINDS)})")
+    version = header.metadata.get("format_version")
+    if version != cls.format_version:
+        raise MicrocaeError(f"{header.path}: {cls.kind} format version {version!r} is not "
+                            f"supported")
+    return cls
+
+
+def _checked_config(header: FileHeader, cls: type[MicrocaeModel]) -> Any:
+    """Parse the stored configuration and check the stored weights fit it, allocating nothing."""
+    text = header.metadata.get("config", "")
+    parse_metadata_json(text, header.path, "configuration")
+    try:
+        config = cls.config_type.from_json(text)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MicrocaeError(f"{header.path}: corrupt model metadata ({exc})") from None
+    with torch.device("meta"):
+        skeleton = cls(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k: s for k, s in header.shapes.items() if not k.startswith(cls.stored_prefix)}
+    if stored != expected:
+        raise MicrocaeError(f"{header.path}: weights do not match the stored configuration")
+    return config
+
+
+def _load_weights(path: Path, model: MicrocaeModel, tensors: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    weights = {k: v for k, v in tensors.items() if k in expected}
+    if not all(v.is_floating_point() for v in weights.values()):
+        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
+    if not all(torch.isfinite(t).all() for t in weights.values()):
+        raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+
+
+def read_model_file(name_or_path: str | Path | None = None) -> ModelFile:
+    """Load any microcae model file (or bundled model by name) in eval mode, never unpickling.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is missing, not safetensors, not a microcae model, of an unsupported
+        format version, its metadata is corrupt, or its tensors do not match its stored
+        configuration (checked before the model is built).
+    """
+    header = read_file_header(resolve_model(name_or_path))
+    cls = _model_class(header)
+    config = _checked_config(header, cls)
+    provenance = parse_metadata_json(header.metadata.get("provenance", "{}"), header.path,
+                                     "provenance")
+    if not isinstance(provenance, dict):
+        raise MicrocaeError(f"{header.path}: corrupt model metadata (provenance is not an object)")
+    model = cls(config)
+    tensors = read_tensors(header.path)
+    _load_weights(header.path, model, tensors)
+    model.load_stored_tensors(tensors, str(header.path))
+    model.eval()
+    return ModelFile(model, provenance, header.metadata.get("microcae_version", ""))
+
+
+def load_model(name_or_path: str | Path | None = None) -> MicrocaeModel:
+    """Load a model of any kind from a file or a bundled name (None: the study CAE), eval mode."""
+    return read_model_file(name_or_path).model
+
+
+def save_model(model: MicrocaeModel, path: str | Path,
+               provenance: dict[str, Any] | None = None) -> None:
+    """Rebuild the model's tables (:meth:`~MicrocaeModel.update`) and write it, atomically.
+
+    Parameters
+    ----------
+    model
+        A model of any kind in :data:`MODEL_KINDS`.
+    path
+        Target ``.safetensors`` file.
+    provenance
+        JSON-serialisable facts about how the model was made (data, settings, epochs, ...).
+    """
+    model.update()
+    write_model_file(path, {**model.state_dict(), **model.stored_tensors()}, model.kind,
+                     model.format_version, model.config.to_json(), provenance)
