@@ -18,6 +18,7 @@ from microcae.models.base import WHOLE_MODEL
 from microcae.models.cae import CAE, CAEConfig
 from microcae.models.inference import decode_latents, encode_micrograph, reconstruct_micrograph
 from microcae.models.rdcae import RDCAE, RDConfig
+from microcae.models.registry import bundled_model_for
 from microcae.util.errors import MicrocaeError
 
 
@@ -122,3 +123,11 @@ def test_the_one_decode_path_equals_the_decoder_on_each_tile_in_float64():
     top, left = grid.positions[4]
     assert image.dtype == np.float64
     np.testing.assert_array_equal(image[top:top + 16, left:left + 16], tile)
+
+
+def test_a_latent_files_fingerprint_finds_its_bundled_model():
+    for name in BUNDLED:
+        wanted = load_model(name)
+        found = bundled_model_for(wanted.fingerprint())
+        assert type(found) is type(wanted) and found.fingerprint() == wanted.fingerprint()
+    assert bundled_model_for("0" * 64) is None

@@ -132,6 +132,19 @@ def load_model(name_or_path: str | Path | None = None) -> MicrocaeModel:
     return read_model_file(name_or_path).model
 
 
+def bundled_model_for(fingerprint: str) -> MicrocaeModel | None:
+    """Return the bundled model whose decoding fingerprint is ``fingerprint`` (None: none is).
+
+    This is how a latent file, which records its model's fingerprint, finds its decoder
+    without a ``--model`` option.
+    """
+    for path in BUNDLED.values():
+        model = load_model(path)
+        if model.fingerprint() == fingerprint:
+            return model
+    return None
+
+
 def save_model(model: MicrocaeModel, path: str | Path,
                provenance: dict[str, Any] | None = None) -> None:
     """Rebuild the model's tables (:meth:`~MicrocaeModel.update`) and write it, atomically.
