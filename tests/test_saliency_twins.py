@@ -10,7 +10,7 @@ from torch import nn
 
 from microcae.models.cae import CAE
 from microcae.saliency.engines import complex_step_naive
-from microcae.saliency.twins import complexify
+from microcae.saliency.layers import complexify
 from microcae.util.errors import MicrocaeError
 
 RTOL = 1e-12
@@ -239,7 +239,8 @@ def test_study_step_in_complex64_is_exact_to_single_precision():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_input_stage_transposes_like_the_two_twins(kernel, padding, pool, size,
                                                          channels_last):
-    from microcae.saliency.twins import Conv2dTwin, InputConvPoolTwin, ReLUMaxPoolTwin
+    from microcae.saliency.canonizers import InputConvPoolTwin, ReLUMaxPoolTwin
+    from microcae.saliency.twins import Conv2dTwin
 
     torch.manual_seed(3)
     conv, relu, maxpool = nn.Conv2d(1, 6, kernel, padding=padding).double(), nn.ReLU(), \
@@ -265,7 +266,7 @@ def test_fused_input_stage_transposes_like_the_two_twins(kernel, padding, pool, 
 
 
 def test_only_a_one_channel_input_convolution_is_fused():
-    from microcae.saliency.twins import InputConvPoolTwin
+    from microcae.saliency.canonizers import InputConvPoolTwin
 
     twins = complexify(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
                                      nn.MaxPool2d(2))).twins

@@ -8,11 +8,11 @@ import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
-from microcae.figures.saliency import saliency_files
 from microcae.models.registry import load_model
+from microcae.pipelines.saliency_files import saliency_files
 from microcae.saliency import METHODS
 from microcae.saliency.engines import PRECISIONS
-from microcae.saliency.maps import LOCAL_METHODS
+from microcae.saliency.registry import STUDY_METHOD, lookup, names
 from microcae.util.errors import MicrocaeError
 
 
@@ -35,9 +35,10 @@ class MethodChoice(click.Choice):
 @click.command("saliency")
 @images_argument
 @model_option
-@click.option("--method", default="vjp", show_default=True, type=MethodChoice(),
-              help="Relevance method. complex-step, complex-step-naive, jvp and vjp all give the "
-                   "study's complex-step relevance (vjp fastest, complex-step-naive literal).")
+@click.option("--method", default=STUDY_METHOD, show_default=True, type=MethodChoice(),
+              help="Relevance method. complex-step is the study's relevance by the fastest "
+                   "exact engine; the engines vjp, jvp, complex-step-coloured and "
+                   "complex-step-naive (literal) give the same numbers.")
 @click.option("--mode", type=click.Choice(["tile", "whole"]), default="tile", show_default=True,
               help="tile: each 256x256 tile encoded on its own (the study); whole: the whole "
                    "image's latent (exact, windowed).")
@@ -54,8 +55,8 @@ def command(images: tuple[Path, ...], model_path: Path | None, method: str, mode
     """
     options = {}
     if precision is not None:
-        if method not in LOCAL_METHODS:
-            raise MicrocaeError(f"--precision applies to {', '.join(LOCAL_METHODS)} only")
+        if not lookup(method).exact:
+            raise MicrocaeError(f"--precision applies to {', '.join(names(exact=True))} only")
         options["precision"] = precision
     paths = find_images(images)
     encoder = load_model(model_path).encoder

@@ -33,23 +33,20 @@ from microcae.metrics import faithfulness, microstructure, sanity, stability
 from microcae.metrics.metric import Metric
 from microcae.models.cae import CAE
 from microcae.saliency import METHODS, relevance
-from microcae.saliency.baselines import lrp_conservation
+from microcae.saliency.registry import STUDY_METHOD, names, title
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
 from microcae.util.table_writer import csv_text
 
-CONTROLS = ("sobel-edges", "random")
+CONTROLS = names("control")
 """Model-free control maps, measured like methods."""
-PREFERRED_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta", "gradient",
-                     "integrated-gradients")
+PREFERRED_METHODS = (STUDY_METHOD, *names("baseline"))
 """Relevance methods compared by default (those registered in METHODS)."""
-FIGURE_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta")
+FIGURE_METHODS = names(study=True)
 """Panels of the study's Fig. 11 after the input."""
-EXACT_ENGINES = ("vjp", "complex-step", "jvp")
-"""Engines that compute the complex-step relevance exactly; the first is the default (fastest
-on 256×256 tiles on a CPU: under a second per tile, against minutes for the coloured complex
-step)."""
+EXACT_ENGINES = names("engine", exact=True)
+"""Engines that compute the complex-step relevance exactly, fastest first (the default)."""
 TIME = Metric("seconds_per_tile", "lower", "measured here (wall clock, this machine)",
               "time to map one tile")
 METRICS: tuple[Metric, ...] = (
@@ -69,13 +66,6 @@ def default_methods() -> tuple[str, ...]:
     return tuple(m for m in PREFERRED_METHODS if m in METHODS) + CONTROLS
 
 
-def control_map(name: str, tiles: np.ndarray, seed: int = 0) -> torch.Tensor:
-    """Control "relevance" of (T, H, W) tiles: Sobel edges or seeded uniform noise, (T, H, W)."""
-    if name == "sobel-edges":
-        return torch.from_numpy(np.stack([microstructure.sobel_map(t) for t in tiles]))
-    return faithfulness.random_order_map(tiles.shape, seed)
-
-
 def map_function(
     method: str, seed: int = 0, exact_engine: str = EXACT_ENGINES[0]
 ) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
@@ -85,7 +75,7 @@ def map_function(
     :data:`EXACT_ENGINES` gives the same r_ij to floating-point precision.
     """
     if method in CONTROLS:
-        return lambda encoder, x: control_map(method, x[:, 0].cpu().numpy(), seed)
+        return lambda encoder, x: relevance(encoder, x, method, seed=seed)
     engine = exact_engine if method == "complex-step" else method
     return lambda encoder, x: relevance(encoder, x, engine)
 
@@ -203,8 +193,9 @@ def _measure_tiles(
     rho = (sanity.randomisation_test(map_fn, model.encoder, x, seed).rho if sanity_check
            else np.full((x.shape[0], 1), np.nan))
     steady = stability.noise_stability(map_fn, model.encoder, x, maps, seed=seed)
-    conservation = (lrp_conservation(model.encoder, x, maps.to(x.dtype)).numpy()
-                    if method.startswith("lrp-") else np.full(x.shape[0], np.nan))
+    check = METHODS[method].conservation if method in METHODS else None
+    conservation = (check(model.encoder, x, maps.to(x.dtype)).numpy() if check is not None
+                    else np.full(x.shape[0], np.nan))
     rows = []
     for n in range(x.shape[0]):
         row = {name: float(area[n]) for name, area in areas.items()}
@@ -398,9 +389,11 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
                         for method, curves in comparison.curves.items()},
     }
     write_text_atomic(written["json"], json.dumps(_json_safe(report), indent=1) + "\n")
-    save_figure(curves_figure(comparison.fractions, comparison.curves), written["curves"])
+    titled = {title(m): curves for m, curves in comparison.curves.items()}
+    save_figure(curves_figure(comparison.fractions, titled, {title(m) for m in CONTROLS}),
+                written["curves"])
     for name, tile, maps in comparison.panels:
-        shown = {m: maps[m] for m in FIGURE_METHODS if m in maps}
+        shown = {title(m): maps[m] for m in FIGURE_METHODS if m in maps}
         path = out_dir / f"{name}.comparison.png"
         save_figure(comparison_figure(tile, shown, title=name), path)
         written[f"figure:{name}"] = path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -14,18 +14,6 @@ SMOOTHING_SIGMA = 1.0
 """Gaussian smoothing (px) applied to a relevance map before drawing, as in the study."""
 COLOUR_MAP = "bwr"
 """Blue-white-red: red = high relevance."""
-
-_TITLES = {
-    "complex-step": "complex-step",
-    "gbp": "GBP",
-    "lrp-w2": "LRP-w²",
-    "lrp-zbeta": "LRP-β",
-    "gradient": "gradient",
-    "integrated-gradients": "integrated gradients",
-    "sobel-edges": "Sobel edges (control)",
-    "random": "random (control)",
-}
-
 
 def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
     """Colour range of one map: its own min..max, or symmetric about 0 if it has both signs.
@@ -57,8 +45,8 @@ def comparison_figure(
     tile
         (H, W) input intensities in [0, 1].
     maps
-        Method name -> (H, W) raw relevance, drawn in the given order (the study's order:
-        complex-step, GBP, LRP-w², LRP-β) after Gaussian smoothing with σ = 1 px.
+        Panel title (the method's) -> (H, W) raw relevance, drawn in the given order (the
+        study's order: complex-step, GBP, LRP-w², LRP-β) after Gaussian smoothing with σ = 1 px.
     title
         Optional figure title (e.g. the image name).
 
@@ -86,7 +74,7 @@ def comparison_grid(
     ----------
     rows
         ``(label, tile, maps)`` per row: a label written beside the input (may be empty), the
-        (H, W) tile in [0, 1] and method name -> (H, W) raw relevance, as in
+        (H, W) tile in [0, 1] and panel title -> (H, W) raw relevance, as in
         :func:`comparison_figure`. Every row must have the same methods.
 
     Returns
@@ -107,7 +95,7 @@ def comparison_grid(
             smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
             vmin, vmax = colour_limits(smoothed)
             image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
-            axis.set_title(_TITLES.get(name, name))
+            axis.set_title(name)
             bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05,
                                   pad=0.04)
             bar.ax.tick_params(labelsize=6)
@@ -118,7 +106,8 @@ def comparison_grid(
     return figure
 
 
-def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]],
+                  dotted: Collection[str] = ()) -> Figure:
     """Mean deletion and insertion curves of every method, latent change and reconstruction MSE.
 
     Parameters
@@ -126,8 +115,11 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
     fractions
         (S + 1,) share of pixels changed.
     curves
-        Method -> ``{"deletion_latent", "insertion_latent", "deletion_mse", "insertion_mse"}`` ->
-        (T, S + 1) curves over T tiles; the mean over tiles is drawn.
+        Legend label (the method's title) -> ``{"deletion_latent", "insertion_latent",
+        "deletion_mse", "insertion_mse"}`` -> (T, S + 1) curves over T tiles; the mean over
+        tiles is drawn.
+    dotted
+        Labels drawn dotted (the controls).
 
     Returns
     -------
@@ -149,9 +141,8 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
     )
     for axis, (key, title, label) in zip(axes.ravel(), panels, strict=True):
         for method, per_method in curves.items():
-            style = ":" if method in ("random", "sobel-edges") else "-"
-            axis.plot(fractions, np.mean(per_method[key], axis=0), style,
-                      label=_TITLES.get(method, method))
+            style = ":" if method in dotted else "-"
+            axis.plot(fractions, np.mean(per_method[key], axis=0), style, label=method)
         axis.set_title(title, fontsize=9)
         axis.set_ylabel(label, fontsize=8)
         axis.grid(alpha=0.3)

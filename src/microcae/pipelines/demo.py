@@ -7,9 +7,9 @@ from pathlib import Path
 from microcae.data.images import find_images
 from microcae.evaluation.comparison import compare_images, write_comparison
 from microcae.figures.reconstruction import plot_reconstructions
-from microcae.figures.saliency import saliency_files
 from microcae.models.registry import load_model
 from microcae.pipelines.reconstruct import reconstruct_files
+from microcae.pipelines.saliency_files import saliency_files
 from microcae.util.table_writer import write_table
 
 SAMPLES_DIR = Path(__file__).parents[1] / "assets" / "samples"

@@ -1,7 +1,8 @@
 """Baseline relevance methods through Captum and Zennit: GBP, LRP-w², LRP-z^β, gradient, IG.
 
-All are registered in :data:`microcae.saliency.METHODS` and called through
-:func:`microcae.saliency.relevance`; each returns (N, H, W) for an input of (N, 1, H, W).
+All are registered (with their titles and properties) in :data:`microcae.saliency.METHODS` and
+called through :func:`microcae.saliency.relevance`; each returns (N, H, W) for an input of
+(N, 1, H, W).
 Hooks exist only while a method runs (Captum and Zennit remove theirs on exit), parameters are
 never modified and no ``.grad`` is accumulated on them.
 
@@ -52,7 +53,7 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-@register("gbp")
+@register("gbp", "GBP", "baseline", preference=1, study=True)
 def guided_backprop(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Guided backpropagation of the latent's L2 norm (Captum ``GuidedBackprop``).
 
@@ -83,7 +84,7 @@ def guided_backprop(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attribution.detach()[:, 0]
 
 
-@register("gradient")
+@register("gradient", "gradient", "baseline", preference=4)
 def gradient(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Absolute gradient of the latent's L2 norm (Captum ``Saliency``).
 
@@ -108,7 +109,7 @@ def gradient(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attribution.detach()[:, 0]
 
 
-@register("integrated-gradients")
+@register("integrated-gradients", "integrated gradients", "baseline", preference=5)
 def integrated_gradients(
     encoder: nn.Module, x: torch.Tensor, n_steps: int = 32, internal_batch_size: int = 16
 ) -> torch.Tensor:
@@ -139,6 +140,28 @@ def integrated_gradients(
         _leaf(x), baselines=0.0, n_steps=n_steps, internal_batch_size=internal_batch_size
     )
     return attribution.detach()[:, 0]
+
+
+@torch.no_grad()
+def lrp_conservation(encoder: nn.Module, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Share of the LRP seed that reached the input: ``sum_ij R_ij / sum_k f_k(x)`` per image.
+
+    Parameters
+    ----------
+    encoder
+        The encoder the maps were computed for.
+    x
+        (N, 1, H, W) input batch.
+    maps
+        (N, H, W) input relevance from ``lrp-w2`` or ``lrp-zbeta``.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) float64 ratios; 1 means full conservation, NaN where the latent is all zero.
+    """
+    seed = encoder(x).flatten(1).sum(dim=1).double()
+    return maps.flatten(1).sum(dim=1).double() / torch.where(seed == 0, torch.nan, seed)
 
 
 def lrp_composite(first_rule: Hook) -> SpecialFirstLayerMapComposite:
@@ -178,7 +201,8 @@ def _lrp(encoder: nn.Module, x: torch.Tensor, first_rule: Hook) -> torch.Tensor:
     return attribution.detach()[:, 0]
 
 
-@register("lrp-w2")
+@register("lrp-w2", "LRP-w²", "baseline", preference=2, study=True,
+          conservation=lrp_conservation)
 def lrp_w2(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LRP with the w² rule on the first convolution and z+ elsewhere, seeded with the latent.
 
@@ -203,7 +227,8 @@ def lrp_w2(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _lrp(encoder, x, WSquare(stabilizer=LRP_STABILIZER, zero_params="bias"))
 
 
-@register("lrp-zbeta")
+@register("lrp-zbeta", "LRP-β", "baseline", preference=3, study=True,
+          conservation=lrp_conservation)
 def lrp_zbeta(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LRP with the z^β (ZBox) rule, bounds [0, 1], on the first convolution and z+ elsewhere.
 
@@ -225,25 +250,3 @@ def lrp_zbeta(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Montavon et al. (2017), Pattern Recognition 65, 211-222 (z^B rule for bounded inputs).
     """
     return _lrp(encoder, x, ZBox(low=0.0, high=1.0, stabilizer=LRP_STABILIZER, zero_params="bias"))
-
-
-@torch.no_grad()
-def lrp_conservation(encoder: nn.Module, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """Share of the LRP seed that reached the input: ``sum_ij R_ij / sum_k f_k(x)`` per image.
-
-    Parameters
-    ----------
-    encoder
-        The encoder the maps were computed for.
-    x
-        (N, 1, H, W) input batch.
-    maps
-        (N, H, W) input relevance from ``lrp-w2`` or ``lrp-zbeta``.
-
-    Returns
-    -------
-    torch.Tensor
-        (N,) float64 ratios; 1 means full conservation, NaN where the latent is all zero.
-    """
-    seed = encoder(x).flatten(1).sum(dim=1).double()
-    return maps.flatten(1).sum(dim=1).double() / torch.where(seed == 0, torch.nan, seed)

@@ -8,7 +8,7 @@ and return (N, H, W) in the dtype of the encoder's weights (or of ``precision``)
 how many linear passes they need (counts for a 256² tile and the study's encoder):
 
 - ``complex-step-naive``: ``x + i·h·e_ij`` through the complex twin, H·W = 65,536 passes;
-- ``complex-step``: ``x + i·h·Σ e_ij`` over a forward colour class, P_r·P_c = 46² = 2,116;
+- ``complex-step-coloured``: ``x + i·h·Σ e_ij`` over a forward colour class, P_r·P_c = 46² = 2,116;
 - ``jvp``: torch's forward-mode AD with the same colouring, 2,116;
 - ``vjp``: the twins' transposed linearisation, one cotangent per reverse colour class,
   Q_r·Q_c·C = 3·3·8 = 72.
@@ -16,7 +16,7 @@ how many linear passes they need (counts for a 256² tile and the study's encode
 Conventions at kinks (one-sided derivatives, the same in every engine and in torch's autograd):
 a ReLU whose input is exactly 0 has slope 0; a max-pool window with tied maxima sends the
 derivative to the first maximal element in row-major order (torch's argmax).
-:func:`kink_pixels` reports which pixels such points can touch.
+:func:`microcae.saliency.kinks.kink_pixels` reports which pixels such points can touch.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,11 +36,11 @@ from microcae.saliency.footprint import (
     encoder_footprint,
     footprint_sums,
     latent_classes,
-    leaves,
     pixel_classes,
 )
-from microcae.saliency.registry import register
-from microcae.saliency.twins import complexify, per_sample
+from microcae.saliency.layers import complexify
+from microcae.saliency.registry import METHODS, STUDY_METHOD, fastest_exact, register
+from microcae.saliency.twins import per_sample
 from microcae.util.errors import MicrocaeError
 
 DEFAULT_H = 1e-24
@@ -91,7 +92,8 @@ def _latent_squares(values: torch.Tensor, n: int, flat: bool) -> torch.Tensor:
     return grouped.pow(2).sum(2)
 
 
-@register("complex-step-naive")
+@register("complex-step-naive", "complex step (literal)", "engine", exact=True, local=True,
+          preference=3)
 @torch.no_grad()
 def complex_step_naive(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
                        precision: str | None = None, chunk: int | None = None,
@@ -166,9 +168,10 @@ def _coloured_forward(push: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return r2.sqrt()
 
 
-@register("complex-step")
+@register("complex-step-coloured", "complex step (coloured)", "engine", exact=True, local=True,
+          preference=1)
 @torch.no_grad()
-def complex_step(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
+def complex_step_coloured(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
                  precision: str | None = None, chunk: int | None = None,
                  progress: bool = False) -> torch.Tensor:
     """Coloured complex step: every pixel of a forward colour class perturbed in one pass.
@@ -206,7 +209,7 @@ def complex_step(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
     return _each_image(one, x)
 
 
-@register("jvp")
+@register("jvp", "jvp", "engine", exact=True, local=True, preference=2)
 def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         chunk: int | None = None, progress: bool = False) -> torch.Tensor:
     """Forward-mode autodiff (``torch.func.jvp``, vmapped) with the complex step's colouring.
@@ -246,7 +249,7 @@ def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         return _each_image(one, x)
 
 
-@register("vjp")
+@register("vjp", "vjp", "engine", exact=True, local=True, preference=0)
 @torch.no_grad()
 def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         chunk: int | None = None, progress: bool = False) -> torch.Tensor:
@@ -295,10 +298,11 @@ def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
 def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:
     """Count the linear passes an engine needs per image shaped like ``x`` (N, 1, H, W)."""
     height, width = x.shape[2:]
+    method = fastest_exact() if method == STUDY_METHOD else method
     if method == "complex-step-naive":
         return height * width
     footprint = encoder_footprint(encoder, x)
-    if method in ("complex-step", "jvp"):
+    if method in ("complex-step-coloured", "jvp"):
         return int(np.prod(footprint.forward_periods))
     if method == "vjp":
         with torch.no_grad():
@@ -308,73 +312,23 @@ def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:
     raise MicrocaeError(f"no pass count for method {method!r}")
 
 
-def _ties(pool: nn.MaxPool2d, re: torch.Tensor, after_relu: bool) -> torch.Tensor:
-    """(N, h, w) bool: output positions whose window maximum is attained more than once."""
-    kernel = pool.kernel_size
-    stride = pool.stride or kernel
-    pad = pool.padding
-    padded = nn.functional.pad(re, _as_pad(pad), value=-torch.inf)
-    windows = nn.functional.unfold(padded, kernel, pool.dilation, 0, stride)
-    windows = windows.view(re.shape[0], re.shape[1], -1, windows.shape[-1])
-    best = windows.max(dim=2, keepdim=True).values
-    tied = (windows == best).sum(dim=2) > 1
-    if after_relu:  # a window of zeros after a ReLU: each is 0 from a strictly negative input
-        tied &= best[:, :, 0] != 0
-    out = pool(re)
-    return tied.any(dim=1).view(re.shape[0], *out.shape[2:])
+@register(STUDY_METHOD, "complex-step", "study", exact=True, local=True, study=True)
+def study_relevance(encoder: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor:
+    """Compute the study's complex-step relevance with the fastest exact engine.
 
-
-def _as_pad(pad: int | tuple[int, int]) -> tuple[int, int, int, int]:
-    rows, cols = (pad, pad) if isinstance(pad, int) else pad
-    return (cols, cols, rows, rows)
-
-
-@torch.no_grad()
-def kink_pixels(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pixels whose relevance may depend on the one-sided convention at a kink.
-
-    A kink is a ReLU or LeakyReLU input exactly 0, an ELU input exactly 0 with α ≠ 1, or a
-    max-pool window whose maximum is tied (windows of zeros right after a ReLU are smooth and not
-    counted). A pixel is marked if it lies in the input support of a kinked unit.
+    Every exact engine gives the same r_ij to floating-point precision; this one name is the
+    study's method wherever it is shown (comparisons, reports, the default of ``relevance``).
 
     Parameters
     ----------
-    encoder
-        ``nn.Sequential`` of layers with complex twins.
-    x
-        (N, 1, H, W) input.
+    encoder, x
+        As :func:`complex_step_naive`.
+    **options
+        Passed to the engine (:func:`microcae.saliency.registry.fastest_exact`).
 
     Returns
     -------
     torch.Tensor
-        (N, H, W) bool; ``.sum((1, 2))`` is the number of affected pixels per image.
+        (N, H, W) relevance.
     """
-    layers = leaves(encoder)
-    n, _, height, width = x.shape
-    marks = np.zeros((n, height + 1, width + 1), dtype=np.int64)
-    value = x
-    after_relu = False
-    for position, (_, layer) in enumerate(layers):
-        grid = None
-        if value.dim() != 4:  # past a global layer every pixel reaches every unit
-            upto = 0
-            if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.ELU)):
-                marks[:, 0, 0] += (value == 0).flatten(1).any(dim=1).numpy()
-        elif isinstance(layer, (nn.ReLU, nn.LeakyReLU)) or (
-            isinstance(layer, nn.ELU) and layer.alpha != 1.0
-        ):
-            grid, upto = (value == 0).flatten(1, -3).any(dim=1), position
-        elif isinstance(layer, nn.MaxPool2d):
-            grid, upto = _ties(layer, value, after_relu), position + 1
-        if grid is not None and grid.any():
-            prefix = nn.Sequential(*[module for _, module in layers[:upto]])
-            footprint = encoder_footprint(prefix, x[:1])
-            first_r, last_r = footprint.rows.supports()
-            first_c, last_c = footprint.cols.supports()
-            image, rows, cols = (t.numpy() for t in grid.nonzero(as_tuple=True))
-            for dr, dc, sign in ((0, 0, 1), (1, 0, -1), (0, 1, -1), (1, 1, 1)):
-                np.add.at(marks, (image, (last_r[rows] + 1) if dr else first_r[rows],
-                                  (last_c[cols] + 1) if dc else first_c[cols]), sign)
-        after_relu = isinstance(layer, nn.ReLU)
-        value = layer(value)
-    return torch.from_numpy(marks.cumsum(1).cumsum(2)[:, :height, :width] > 0)
+    return METHODS[fastest_exact()].function(encoder, x, **options)

@@ -2,8 +2,9 @@
 
 For the layers with complex twins, each spatial axis is independent: the latent positions that
 pixel (i, j) can influence form a rectangle, rows ``rows.lo[i]..rows.hi[i]`` × columns
-``cols.lo[j]..cols.hi[j]`` (all channels). The rectangle is derived from every layer's kernel,
-stride, padding and dilation and the actual sizes of a probe pass; it is a superset of the true
+``cols.lo[j]..cols.hi[j]`` (all channels). The rectangle is composed from every layer's reach
+rule (:data:`microcae.saliency.layers.LAYERS`: kernel, stride, padding, dilation) and the actual
+sizes of a probe pass; it is a superset of the true
 influence (which depends on ReLU masks and max-pool winners), so colourings built on it are exact.
 For the study's encoder one latent unit sees 46 × 46 pixels and neighbouring units are 16 pixels
 apart.
@@ -29,11 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from microcae.saliency.layers import layer_kind, leaves
 from microcae.util.errors import MicrocaeError
-
-_POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.BatchNorm2d, nn.Dropout,
-              nn.Identity)
-_GLOBAL = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d)
 
 
 def _cummax_nonempty(hi: np.ndarray, empty: np.ndarray) -> np.ndarray:
@@ -99,50 +97,6 @@ class AxisFootprint:
         return _min_separation(*self.supports())
 
 
-def _window_map(n_in: int, n_out: int, kernel: int, stride: int, padding: int,
-                dilation: int) -> tuple[np.ndarray, np.ndarray]:
-    i = np.arange(n_in)
-    span = dilation * (kernel - 1)
-    lo = np.maximum(-((span - i - padding) // stride), 0)  # ceil((i + p - span) / s)
-    hi = np.minimum((i + padding) // stride, n_out - 1)
-    return lo, hi
-
-
-def _pair(value: int | tuple[int, ...], axis: int) -> int:
-    return int(value[axis]) if isinstance(value, tuple) else int(value)
-
-
-def _layer_map(layer: nn.Module, axis: int, n_in: int, n_out: int,
-               path: str) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(layer, _POINTWISE):
-        return np.arange(n_in), np.arange(n_in)
-    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = _pair(layer.kernel_size, axis)
-        stride = _pair(getattr(layer, "stride", None) or layer.kernel_size, axis)
-        dilation = _pair(getattr(layer, "dilation", 1), axis)
-        padding = layer.padding
-        if padding == "valid":
-            padding = 0
-        elif padding == "same":
-            padding = dilation * (kernel - 1) // 2
-        return _window_map(n_in, n_out, kernel, stride, _pair(padding, axis), dilation)
-    if isinstance(layer, nn.Upsample):  # conservative for nearest and bilinear sampling
-        i = np.arange(n_in)
-        scale = n_out / n_in
-        lo = np.maximum(np.floor((i - 1) * scale).astype(np.int64) - 1, 0)
-        hi = np.minimum(np.ceil((i + 2) * scale).astype(np.int64) + 1, n_out - 1)
-        return lo, hi
-    raise MicrocaeError(f"layer '{path}' ({type(layer).__name__}): unknown spatial footprint")
-
-
-def leaves(module: nn.Module, path: str = "encoder") -> list[tuple[str, nn.Module]]:
-    """List the layers of a (nested) ``nn.Sequential`` in order, with their dotted paths."""
-    if type(module) is nn.Sequential:
-        return [item for name, child in module.named_children()
-                for item in leaves(child, f"{path}.{name}")]
-    return [(path, module)]
-
-
 @dataclass(frozen=True)
 class Footprint:
     """Row and column footprints of an encoder for one input size.
@@ -203,22 +157,23 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     Raises
     ------
     MicrocaeError
-        For a layer whose spatial reach is unknown.
+        For a layer not in :data:`microcae.saliency.layers.LAYERS`.
     """
     probe = torch.zeros_like(x[:1])
     peak = probe.numel()
     axes = [AxisFootprint.identity(x.shape[2]), AxisFootprint.identity(x.shape[3])]
     flat = False
     for path, layer in leaves(encoder):
+        reach = layer_kind(layer, path).reach
         out = layer(probe)
         peak = max(peak, out.numel())
-        if isinstance(layer, _GLOBAL) and not flat:
+        if reach is None and not flat:
             flat = True
             axes = [AxisFootprint(np.zeros(len(a.lo), np.int64), np.zeros(len(a.lo), np.int64), 1)
                     for a in axes]
         elif not flat:
             for axis in (0, 1):
-                lo, hi = _layer_map(layer, axis, probe.shape[2 + axis], out.shape[2 + axis], path)
+                lo, hi = reach(layer, axis, probe.shape[2 + axis], out.shape[2 + axis])
                 axes[axis] = axes[axis].then(lo, hi, out.shape[2 + axis])
         probe = out
     if not flat and probe.dim() != 4:

@@ -26,14 +26,12 @@ from tqdm import tqdm
 
 from microcae.data.tiling import stitch_tiles
 from microcae.models.inference import micrograph_grid, tile_batches
-from microcae.saliency.engines import kink_pixels
 from microcae.saliency.footprint import alignment, encoder_footprint
-from microcae.saliency.registry import METHODS, relevance
+from microcae.saliency.kinks import kink_pixels
+from microcae.saliency.registry import STUDY_METHOD, lookup, names, relevance
 from microcae.util.errors import MicrocaeError
 
 Mode = Literal["tile", "whole"]
-LOCAL_METHODS = ("complex-step", "complex-step-naive", "jvp", "vjp")
-"""Methods whose r_ij depends only on the latent units that pixel (i, j) feeds."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,8 @@ def _tiles(encoder: nn.Module, pixels: np.ndarray, method: str, tile: int, progr
 
 def _windows(encoder: nn.Module, pixels: np.ndarray, method: str, block: int, progress: bool,
              options: dict[str, Any]) -> MicrographRelevance:
-    if method not in LOCAL_METHODS:
-        raise MicrocaeError(f"--mode whole needs a local exact method {LOCAL_METHODS}, "
+    if not lookup(method).local:
+        raise MicrocaeError(f"--mode whole needs a local exact method {names(local=True)}, "
                             f"not {method!r}; use --mode tile")
     dtype = _weights_dtype(encoder)
     probe = torch.zeros(1, 1, block, block, dtype=dtype)
@@ -107,7 +105,7 @@ def _windows(encoder: nn.Module, pixels: np.ndarray, method: str, block: int, pr
 
 
 @torch.no_grad()
-def micrograph_relevance(encoder: nn.Module, pixels: np.ndarray, method: str = "vjp",
+def micrograph_relevance(encoder: nn.Module, pixels: np.ndarray, method: str = STUDY_METHOD,
                          mode: Mode = "tile", tile: int = 256, progress: bool = False,
                          **options: Any) -> MicrographRelevance:
     """Relevance map of a whole micrograph, one tile or window at a time.
@@ -119,8 +117,8 @@ def micrograph_relevance(encoder: nn.Module, pixels: np.ndarray, method: str = "
     pixels
         (H, W) float image in [0, 1], any size.
     method
-        A key of :data:`microcae.saliency.METHODS`. The default ``"vjp"`` gives the study's
-        complex-step relevance (same numbers) fastest.
+        A key of :data:`microcae.saliency.METHODS`; the default ``"complex-step"`` is the
+        study's relevance by the fastest exact engine.
     mode
         ``"tile"``: per ``tile`` × ``tile`` tile as in the study; ``"whole"``: the whole image's
         latent, computed exactly in windows with ``tile``-sized cores.
@@ -141,8 +139,7 @@ def micrograph_relevance(encoder: nn.Module, pixels: np.ndarray, method: str = "
     MicrocaeError
         For an unknown method or mode, or ``"whole"`` with a non-local method.
     """
-    if method not in METHODS:
-        raise MicrocaeError(f"unknown relevance method {method!r}; choose from {sorted(METHODS)}")
+    lookup(method)
     if pixels.ndim != 2:
         raise MicrocaeError(f"expected an (H, W) image, got shape {pixels.shape}")
     if mode == "tile":

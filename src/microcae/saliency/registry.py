@@ -1,59 +1,154 @@
-"""The registry of relevance methods and the ``relevance()`` entry point."""
+"""The registry of relevance methods: one record per method, and the ``relevance()`` entry point.
+
+Every property of a method that other packages ask about is on its :class:`Method` record (as
+Captum puts ``has_convergence_delta()`` on the method object): whether it computes the study's
+complex-step relevance exactly, whether r_ij is local (so whole images can be mapped in strips),
+its figure title, its conservation check, its role and its place in default orders. Other code
+queries the registry (:func:`names`, :func:`fastest_exact`, :func:`title`) instead of keeping
+its own lists of method names.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from microcae.util.errors import MicrocaeError
+from microcae.util.runtime import configure_allocator
 
 RelevanceMethod = Callable[..., torch.Tensor]
 """``method(encoder, x, **options) -> (N, H, W)`` relevance for a batch ``x`` of (N, 1, H, W)."""
+ConservationCheck = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``check(encoder, x, maps) -> (N,)``: share of a conserved quantity that reached the input."""
+Role = Literal["study", "engine", "baseline", "control"]
+"""``study``: the study's method (the fastest exact engine); ``engine``: one exact way to compute
+it; ``baseline``: another attribution method; ``control``: a model-free map measured alongside."""
 
-METHODS: dict[str, RelevanceMethod] = {}
+STUDY_METHOD = "complex-step"
+"""The study's relevance, r_ij = ||∂f/∂x_ij||_F; computed by the fastest exact engine."""
 
 
-def register(name: str) -> Callable[[RelevanceMethod], RelevanceMethod]:
-    """Return a decorator that adds a relevance method to :data:`METHODS` under ``name``."""
+@dataclass(frozen=True)
+class Method:
+    """One relevance method and everything other code needs to know about it.
+
+    Attributes
+    ----------
+    name
+        Registry key and ``--method`` choice.
+    function
+        ``function(encoder, x, **options) -> (N, H, W)`` for ``x`` of shape (N, 1, H, W).
+    title
+        Panel and legend title in figures.
+    role
+        See :data:`Role`.
+    exact
+        Gives the study's complex-step relevance to floating-point precision (accepts
+        ``precision``).
+    local
+        r_ij involves only the latent units pixel (i, j) feeds, so a whole image can be mapped
+        in strips with halos and give the same numbers.
+    preference
+        Place in default orders: among exact engines, 0 is the fastest; among baselines, the
+        order of comparison tables.
+    study
+        Shown in the study's Fig. 11 (the method and the baselines it compared).
+    conservation
+        Check of a quantity the method conserves (LRP: the latent sum), or None.
+    """
+
+    name: str
+    function: RelevanceMethod
+    title: str
+    role: Role
+    exact: bool = False
+    local: bool = False
+    preference: int = 0
+    study: bool = False
+    conservation: ConservationCheck | None = None
+
+
+METHODS: dict[str, Method] = {}
+"""Method name -> record (the CLI's ``--method`` choices are its keys)."""
+
+
+def register(name: str, title: str, role: Role, **properties: Any
+             ) -> Callable[[RelevanceMethod], RelevanceMethod]:
+    """Return a decorator that records a function in :data:`METHODS` (see :class:`Method`)."""
 
     def add(function: RelevanceMethod) -> RelevanceMethod:
         if name in METHODS:
             raise ValueError(f"relevance method {name!r} registered twice")
-        METHODS[name] = function
+        METHODS[name] = Method(name, function, title, role, **properties)
         return function
 
     return add
 
 
-def relevance(
-    encoder: nn.Module, x: torch.Tensor, method: str = "complex-step", **options: Any
-) -> torch.Tensor:
+def names(role: Role | None = None, *, exact: bool | None = None, local: bool | None = None,
+          study: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered methods with the given properties, by preference, then name."""
+    chosen = [m for m in METHODS.values()
+              if (role is None or m.role == role) and (exact is None or m.exact == exact)
+              and (local is None or m.local == local) and (study is None or m.study == study)]
+    return tuple(m.name for m in sorted(chosen, key=lambda m: (m.preference, m.name)))
+
+
+def lookup(name: str) -> Method:
+    """Return the record of ``name``; unknown names raise a one-line :class:`MicrocaeError`."""
+    if name not in METHODS:
+        raise MicrocaeError(f"unknown relevance method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def title(name: str) -> str:
+    """Figure title of a method (the name itself for names not registered)."""
+    return METHODS[name].title if name in METHODS else name
+
+
+def fastest_exact() -> str:
+    """Name of the fastest exact engine (the one :data:`STUDY_METHOD` dispatches to)."""
+    engines = names("engine", exact=True)
+    if not engines:
+        raise MicrocaeError("no exact relevance engine is registered")
+    return engines[0]
+
+
+def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
+              **options: Any) -> torch.Tensor:
     """Relevance of every input pixel to the encoder's output.
+
+    Sets up the allocator as the command line does (:func:`microcae.util.runtime.
+    configure_allocator`: large buffers stay in the heap), then runs the method. The caller's
+    encoder is never modified.
 
     Parameters
     ----------
     encoder
         A torch module mapping (N, 1, H, W) to a latent tensor (e.g. ``CAE().encoder``).
     x
-        (N, 1, H, W) float tensor, pixel values in [0, 1].
+        (N, 1, H, W) float tensor, pixel values in [0, 1], on the encoder's device.
     method
-        A key of :data:`METHODS`, e.g. ``"complex-step"`` (fast exact),
-        ``"complex-step-naive"`` (the study's literal one pass per pixel), ``"jvp"``, ``"vjp"``,
-        ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"``.
+        A key of :data:`METHODS`: ``"complex-step"`` (the study's relevance, by the fastest
+        exact engine; the default), the engines ``"vjp"``, ``"jvp"``,
+        ``"complex-step-coloured"`` and ``"complex-step-naive"`` (the study's literal one pass
+        per pixel), the baselines ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"``, ``"gradient"``,
+        ``"integrated-gradients"`` and the controls ``"sobel-edges"`` and ``"random"``.
     **options
-        Passed to the method (e.g. ``h``, ``dtype``, ``progress``).
+        Passed to the method (e.g. ``precision``, ``chunk``, ``progress``).
 
     Returns
     -------
     torch.Tensor
-        (N, H, W) raw, unsmoothed relevance. For the complex-step family,
+        (N, H, W) raw, unsmoothed relevance. For the exact methods
         r_ij = ||∂f(x)/∂x_ij||_F over all latent values (units: latent units per unit intensity).
     """
-    if method not in METHODS:
-        raise MicrocaeError(f"unknown relevance method {method!r}; choose from {sorted(METHODS)}")
+    record = lookup(method)
     if x.dim() != 4 or x.shape[1] != 1:
         raise MicrocaeError(f"expected input of shape (N, 1, H, W), got {tuple(x.shape)}")
-    return METHODS[method](encoder, x, **options)
+    configure_allocator()
+    return record.function(encoder, x, **options)

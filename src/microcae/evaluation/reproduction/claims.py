@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from microcae.saliency.registry import names
+
 STUDY_PARAMETERS = 50_353
 STUDY_LATENT = (8, 16, 16)
 STUDY_RATIO = 32
@@ -22,7 +24,8 @@ AGREEING_SHARE = 0.75
 """Share of tiles that must individually favour the region for the claim to hold."""
 KEY_MARGIN_DB = 3.0
 """An adversary within this many dB of the owner's PSNR has broken "the decoder is the key"."""
-BASELINES = ("gbp", "lrp-w2", "lrp-zbeta")
+BASELINES = names("baseline", study=True)
+"""The baselines the study compared (Fig. 11)."""
 
 Verdict = str
 

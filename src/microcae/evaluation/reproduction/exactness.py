@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from microcae.saliency import relevance
-from microcae.saliency.engines import kink_pixels
+from microcae.saliency.kinks import kink_pixels
 
 AUTOGRAD_CHUNK = 16
 """Tangents pushed through torch's forward mode together."""

@@ -36,6 +36,7 @@ from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.registry import BUNDLED_MODEL, load_model
+from microcae.saliency.registry import title
 from microcae.training.loop import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
@@ -264,7 +265,7 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
         claims.key_claim(attack["results"], NO_LEAK_SCENARIOS),
     ]
     rows = comparison.panels[: settings.figure_rows]
-    fig11 = comparison_grid([(name, tile, {m: maps[m] for m in FIGURE_METHODS})
+    fig11 = comparison_grid([(name, tile, {title(m): maps[m] for m in FIGURE_METHODS})
                              for name, tile, maps in rows])
     seconds["total"] = time.perf_counter() - started
     numbers = {

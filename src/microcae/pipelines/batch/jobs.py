@@ -23,8 +23,6 @@ from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
 
 Layout = Literal["image", "tile"]
-PREFERRED_SALIENCY = ("vjp", "complex-step")
-"""Relevance methods tried in order when none is named (fast and exact)."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +97,10 @@ def reconstruct_job() -> TileJob:
 
 
 def default_saliency_method() -> str:
-    """First of :data:`PREFERRED_SALIENCY` that the saliency registry offers."""
-    from microcae.saliency import METHODS
+    """Return the fastest exact relevance engine of the saliency registry."""
+    from microcae.saliency.registry import fastest_exact
 
-    return next((m for m in PREFERRED_SALIENCY if m in METHODS), "complex-step")
+    return fastest_exact()
 
 
 def saliency_job(method: str | None = None) -> TileJob:
