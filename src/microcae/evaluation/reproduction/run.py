@@ -35,7 +35,7 @@ from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import BUNDLED_MODEL, CAE, decoder_fingerprint, load_model
-from microcae.training.loop import evaluate_mse
+from microcae.training.objectives import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 
