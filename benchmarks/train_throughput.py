@@ -70,8 +70,9 @@ def main() -> None:
         return
 
     from microcae.models.cae import CAE
-    from microcae.training.loop import TrainSettings, make_optimizer, train_step
+    from microcae.training.loop import make_optimizer, train_step
     from microcae.training.objectives import MSEObjective
+    from microcae.training.settings import TrainSettings
     from microcae.util.runtime import configure_allocator, to_channels_last
 
     configure_allocator()

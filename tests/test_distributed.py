@@ -11,7 +11,8 @@ from conftest import synthetic_micrograph, write_png
 from microcae.data.dataset import prepare_dataset
 from microcae.models.cae import CAE, CAEConfig, read_model_file
 from microcae.training.distributed import ProcessGroup
-from microcae.training.loop import TrainSettings, train
+from microcae.training.loop import train
+from microcae.training.settings import TrainSettings
 
 
 @pytest.mark.parametrize("items", [0, 1, 3, 5, 8])

@@ -12,7 +12,8 @@ from microcae.cli import main
 from microcae.data.dataset import prepare_dataset
 from microcae.models.cae import CAE, CAEConfig, read_model_file
 from microcae.training.batches import augment_batch
-from microcae.training.loop import TrainSettings, train
+from microcae.training.loop import train
+from microcae.training.settings import TrainSettings
 from microcae.util.errors import MicrocaeError
 
 SETTINGS = TrainSettings(epochs=3, batch_size=4, seed=7)

@@ -16,8 +16,9 @@ from microcae.data.dataset import PreparedSet
 from microcae.models.cae import CAE, CAEConfig
 from microcae.models.rdcae import RDCAE, RDConfig, read_rd_model_file
 from microcae.training.architectures import ARCHITECTURES
-from microcae.training.loop import TrainSettings, epoch_lr, train, train_step
+from microcae.training.loop import train, train_step
 from microcae.training.objectives import MSEObjective, Objective, RateDistortionObjective
+from microcae.training.settings import TrainSettings, epoch_lr
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
 

@@ -17,8 +17,8 @@ from torch import nn
 from microcae.models import rdcae
 from microcae.models.cae import CAEConfig
 from microcae.training import model_kinds
-from microcae.training.loop import TrainSettings
 from microcae.training.objectives import MSEObjective, Objective, RateDistortionObjective
+from microcae.training.settings import TrainSettings
 from microcae.util.errors import MicrocaeError
 
 
