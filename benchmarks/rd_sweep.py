@@ -1,4 +1,4 @@
-"""The λ sweep behind the bundled RD models: 7 ``train_rd`` runs side by side on one GPU.
+"""The λ sweep behind the bundled RD models: 7 rate–distortion runs side by side on one GPU.
 
 Runs (architecture, λ): study (64,32,16,8) at 0.005 and 0.05; wide (64,64,64,32) at 0.002,
 0.006 and 0.02; one pooling stage fewer (64,64,32) at 0.006 and 0.02. Each run has its own
@@ -39,14 +39,14 @@ def run(job: tuple[str, tuple[int, ...], float, str, str, float, str]) -> str:
 
     torch.set_num_threads(2)
     from microcae.data.dataset import load_dataset
-    from microcae.models.cae import CAEConfig
-    from microcae.training.loop import TrainSettings
-    from microcae.training.rd import RDTrainSettings, train_rd
+    from microcae.training.architectures import ARCHITECTURES
+    from microcae.training.loop import train
 
-    settings = RDTrainSettings(lmbda=lmbda, max_seconds=seconds, base=TrainSettings(
-        epochs=100_000, augment=True, model=CAEConfig(channels=channels)))
-    result = train_rd(load_dataset(data), Path(out) / f"{name}.safetensors", settings,
-                      progress=False, device=device)
+    architecture = ARCHITECTURES["rd-study"].with_channels(channels)
+    settings = architecture.settings(epochs=100_000, augment=True, max_seconds=seconds)
+    result = train(load_dataset(data), Path(out) / f"{name}.safetensors", settings,
+                   build_model=architecture.build, objective=architecture.objective(lmbda),
+                   progress=False, device=device)
     last = result.history[-1]
     return json.dumps({"run": name, "epochs": len(result.history), "test_mse": last["test_mse"],
                        "test_bpp_estimate": last["test_bpp"]})

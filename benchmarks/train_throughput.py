@@ -70,7 +70,9 @@ def main() -> None:
         return
 
     from microcae.models.cae import CAE
-    from microcae.training.loop import TrainSettings, make_optimizer, train_step
+    from microcae.training.loop import make_optimizer, train_step
+    from microcae.training.objectives import MSEObjective
+    from microcae.training.settings import TrainSettings
     from microcae.util.runtime import configure_allocator, to_channels_last
 
     configure_allocator()
@@ -79,7 +81,8 @@ def main() -> None:
     optimizer = make_optimizer(model, TrainSettings())
     x = to_channels_last(torch.rand(args.batch, 1, 256, 256))
     rows = []
-    ours, bare = _median_rates([lambda: train_step(model, optimizer, x),
+    objective = MSEObjective()
+    ours, bare = _median_rates([lambda: train_step(model, optimizer, objective, x),
                                 bare_loop(True, args.batch)], args.batch, args.steps)
     defaults = float(subprocess.run(
         [sys.executable, __file__, "--defaults-only", "--steps", str(args.steps),

@@ -87,17 +87,17 @@ def tiny_rd(tmp_path_factory):
     Returns ``(model, path of its file, training history)``.
     """
     from microcae.data.dataset import PreparedSet
-    from microcae.models.cae import CAEConfig
-    from microcae.training.loop import TrainSettings
-    from microcae.training.rd import RDTrainSettings, train_rd
+    from microcae.training.architectures import ARCHITECTURES
+    from microcae.training.loop import train
 
     tiles = np.stack([synthetic_micrograph(64, 64, seed=s) for s in range(10)])
     manifest = {"tiles": [{"index": i, "split": "test" if i >= 8 else "train"}
                           for i in range(10)]}
     data = PreparedSet(Path("synthetic"), (tiles / np.float32(255)).astype(np.float32),
                        manifest, "0" * 64)
-    settings = RDTrainSettings(lmbda=0.01, base=TrainSettings(
-        epochs=8, batch_size=4, lr=3e-3, model=CAEConfig(channels=(4, 4))))
+    architecture = ARCHITECTURES["rd-study"].with_channels((4, 4))
+    settings = architecture.settings(epochs=8, batch_size=4, lr=3e-3)
     path = tmp_path_factory.mktemp("rd") / "tiny_rd.safetensors"
-    result = train_rd(data, path, settings, progress=False)
+    result = train(data, path, settings, build_model=architecture.build,
+                   objective=architecture.objective(0.01), progress=False)
     return result.model, path, result.history

@@ -133,17 +133,18 @@ def test_encode_decode_commands_take_an_rd_model(tmp_path, tiny_rd, tiny_model_f
     assert not (tmp_path / "d2").exists() and not (tmp_path / "l2").exists()
 
 
-def test_train_rd_command_and_its_errors(tmp_path, capsys, tiny_model_file):
+def test_rd_training_command_and_its_errors(tmp_path, capsys, tiny_model_file):
     for i in range(3):
         write_png(tmp_path / "raw" / f"m{i}.png", synthetic_micrograph(64, 128, seed=i))
     assert main(["prepare", str(tmp_path / "raw"), "-o", str(tmp_path / "ds"), "--tile", "64",
                  "--test-fraction", "0.3", "--no-progress"]) == 0
     out = tmp_path / "m" / "rd.safetensors"
-    base = ["train-rd", str(tmp_path / "ds"), "--out", str(out), "--no-progress"]
+    base = ["train", str(tmp_path / "ds"), "--arch", "rd-study", "--out", str(out),
+            "--no-progress"]
     capsys.readouterr()
     assert "--channels" in _one_line_error(capsys, main([*base, "--channels", "4,x"]))
     assert "device" in _one_line_error(capsys, main([*base, "--device", "tpu"]))
-    rc = main(["train-rd", str(tmp_path / "nope"), "--out", str(out)])
+    rc = main(["train", str(tmp_path / "nope"), "--arch", "rd-study", "--out", str(out)])
     assert "not a prepared data set" in _one_line_error(capsys, rc)
     assert not out.parent.exists()
     assert main([*base, "--channels", "4,4", "--epochs", "2", "--lmbda", "0.05"]) == 0

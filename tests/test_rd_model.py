@@ -12,7 +12,8 @@ from microcae.entropy.range_coder import encode_symbols
 from microcae.models.cae import CAE
 from microcae.models.rdcae import RDCAE, RDConfig
 from microcae.models.registry import load_model, read_model_file, save_model
-from microcae.training.rd import RDTrainSettings, train_rd
+from microcae.training.architectures import ARCHITECTURES
+from microcae.training.loop import train
 from microcae.util.errors import MicrocaeError
 
 
@@ -22,6 +23,8 @@ def test_training_lowers_the_loss_and_writes_model_log_and_checkpoint(tiny_rd):
     assert history[-1]["lr"] == pytest.approx(3e-4)  # dropped for the last 20 % of epochs
     assert path.with_name("tiny_rd.checkpoint.safetensors").is_file()
     assert path.with_name("tiny_rd.train.csv").read_text().count("\n") == len(history) + 1
+    assert path.with_name("tiny_rd.train.csv").read_text().startswith(
+        "epoch,train_loss,train_mse,train_bpp,test_mse,test_bpp,lr,")
     assert not model.training and model.tables is not None
 
 
@@ -118,5 +121,7 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
     data = PreparedSet(tmp_path, np.zeros((1, 64, 64), np.float32),
                        {"tiles": [{"index": 0, "split": "train"}]}, "0" * 64)
     with pytest.raises(MicrocaeError, match="cuda"):
-        train_rd(data, tmp_path / "m.safetensors", RDTrainSettings(), device="cuda")
+        rd = ARCHITECTURES["rd-study"]
+        train(data, tmp_path / "m.safetensors", rd.settings(), build_model=rd.build,
+              objective=rd.objective(), device="cuda")
     assert not any(tmp_path.iterdir())

@@ -31,7 +31,7 @@ from microcae.util.errors import MicrocaeError
               help="Classical codecs to compare with (repeatable) [default: all].")
 @click.option("--rd-model", "rd_paths", type=click.Path(path_type=Path, dir_okay=False),
               multiple=True,
-              help="RD model from 'microcae train-rd' to add, entropy-coded (repeatable).")
+              help="RD model from 'microcae train --arch rd-*' to add, entropy-coded (repeatable).")
 @progress_option
 def command(data: Path, model_path: Path | None, out_dir: Path, split: str,
             max_tiles: int | None, codecs: tuple[str, ...], rd_paths: tuple[Path, ...],

@@ -1,51 +1,119 @@
-"""``microcae train``: fit the CAE to a prepared set."""
+"""``microcae train``: fit the study's CAE or a rate–distortion coding model to a prepared set."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
-from microcae.cli.options import progress_option, training_options
-from microcae.data.dataset import load_dataset
-from microcae.models.cae import CAEConfig
-from microcae.training.distributed import single_device
-from microcae.training.loop import TrainSettings, train
+from microcae.cli.options import progress_option
+from microcae.training.architectures import ARCHITECTURES
 
 
-def _report_epoch(row: dict[str, float]) -> None:
-    click.echo(f"epoch {row['epoch']:.0f}: train MSE {row['train_mse']:.5f}, "
-               f"test MSE {row['test_mse']:.5f} ({row['tiles_per_second']:.1f} tiles/s)")
+class _FiniteRange(click.FloatRange):
+    """A float range that also refuses NaN and infinities (FloatRange lets NaN through)."""
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        """Parse ``value``; fail unless it is finite and in range."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+_POSITIVE = _FiniteRange(min=0, min_open=True)
+_LABELS = {"mse": "MSE"}
+
+
+def _columns(row: dict[str, float], names: list[str]) -> str:
+    return ", ".join(f"{split} {_LABELS.get(name, name)} {row[f'{split}_{name}']:.5g}"
+                     for split, name in (n.split("_", 1) for n in names))
+
+
+def _widths(channels: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in channels.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channels") from None
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False),
               required=True, help="Model file to write (NAME.safetensors).")
-@training_options
-@click.option("--channels", default="64,32,16,8", show_default=True,
-              help="Encoder widths, comma-separated (decoder mirrors them).")
+@click.option("--arch", default=next(iter(ARCHITECTURES)), show_default=True,
+              type=click.Choice(list(ARCHITECTURES)),
+              help="; ".join(f"{name}: {a.summary}" for name, a in ARCHITECTURES.items()) + ".")
+@click.option("--lmbda", default=None, type=_POSITIVE,
+              help="Rate–distortion trade-off of coding architectures: loss = lmbda·255²·MSE + "
+                   "bpp (larger: more bits, higher quality). Default 0.01.")
+@click.option("--channels", default=None,
+              help="Encoder widths, comma-separated (the decoder mirrors them); overrides "
+                   "the architecture's.")
+@click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=_POSITIVE)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random flips and 90° rotations of training tiles.")
+@click.option("--grad-clip", default=None, type=_POSITIVE,
+              help="Clip the gradient norm to this (default: none for study, 1 for rd-*).")
+@click.option("--lr-drop", default=None, type=_FiniteRange(0, 1, min_open=True),
+              help="Divide the learning rate by 10 after this fraction of the epochs or of "
+                   "--max-seconds (default: never for study, 0.8 for rd-*).")
+@click.option("--max-seconds", default=None, type=_POSITIVE,
+              help="Stop after the epoch in which this much training time has passed.")
+@click.option("--resume", is_flag=True,
+              help="Continue from NAME.checkpoint.safetensors after an interrupted run (with "
+                   "--force: extend a finished run to more --epochs).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --out (latent files made with it no longer decode); "
+                   "without --resume, start afresh over an earlier run's checkpoint.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda (single process; torchrun picks each process's GPU).")
 @click.option("--note", default=None,
               help="Free text kept in the model's provenance (e.g. how earlier epochs ran).")
 @progress_option
-def command(data: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-            augment: bool, channels: str, resume: bool, note: str | None, device: str,
-            progress: bool) -> None:
-    """Train the autoencoder on DATA (a folder written by 'microcae prepare')."""
-    try:
-        widths = tuple(int(c) for c in channels.split(","))
-        architecture = CAEConfig(channels=widths)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--channels") from None
+def command(data: Path, out: Path, arch: str, lmbda: float | None, channels: str | None,
+            resume: bool, force: bool, device: str, note: str | None, progress: bool,
+            **loop: float | int | bool | None) -> None:
+    """Train a model on DATA (a folder written by 'microcae prepare').
+
+    The study's CAE (--arch study) is trained with MSE; the coding architectures (rd-*) with
+    the rate–distortion loss, and their files hold the code tables 'microcae encode' uses to
+    range-code latents. NAME.checkpoint.safetensors is written every epoch, NAME.train.csv,
+    NAME.train.json and NAME.loss.png at the end.
+    """
+    from microcae.data.dataset import load_dataset
+    from microcae.figures.training import plot_loss_curve
+    from microcae.training.distributed import single_device
+    from microcae.training.loop import train
+    from microcae.training.outputs import side_file
+
+    architecture = ARCHITECTURES[arch]
+    if channels is not None:
+        try:
+            architecture = architecture.with_channels(_widths(channels))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--channels") from None
+    objective = architecture.objective(lmbda)
+    settings = architecture.settings(**{k: v for k, v in loop.items() if v is not None})
     single_device(device)  # refuse a bad --device before reading the data
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             augment=augment, model=architecture)
-    result = train(load_dataset(data), out, settings, resume=resume, progress=progress,
-                   on_epoch=_report_epoch, device=device, note=note)
+    result = train(load_dataset(data), out, settings, build_model=architecture.build,
+                   objective=objective, resume=resume, overwrite=force, progress=progress,
+                   on_epoch=lambda row: _report_epoch(row, objective.columns()), device=device,
+                   note=note)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
-    last = result.history[-1]
-    click.echo(f"trained {len(result.history)} epochs: train MSE {last['train_mse']:.5f}, "
-               f"test MSE {last['test_mse']:.5f}")
+    result.files["loss_png"] = plot_loss_curve(result.history, side_file(out, ".loss.png"))
+    click.echo(f"trained {len(result.history)} epochs: "
+               f"{_columns(result.history[-1], objective.columns())}")
     for name, path in result.files.items():
         click.echo(f"{name}: {path}")
+
+
+def _report_epoch(row: dict[str, float], names: list[str]) -> None:
+    click.echo(f"epoch {row['epoch']:.0f}: {_columns(row, names)} "
+               f"({row['tiles_per_second']:.1f} tiles/s)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -13,8 +12,7 @@ model_option = click.option(
     "model_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Model file (.safetensors) written by 'microcae train' (or 'microcae train-rd' for "
-         "encode/decode). Default: the bundled model.",
+    help="Model file (.safetensors) written by 'microcae train'. Default: the bundled model.",
 )
 out_dir_option = click.option(
     "--out",
@@ -30,27 +28,3 @@ images_argument = click.argument(
 progress_option = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
 )
-
-
-def training_options(command: Callable) -> Callable:
-    """Add the options ``train`` and ``train-rd`` share to a click command.
-
-    They are epochs, batch size, learning rate, seed, augmentation, resume and device; the
-    command receives them as keyword arguments named like the options.
-    """
-    options = [
-        click.option("--epochs", default=50, show_default=True, type=click.IntRange(1)),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
-        click.option("--lr", default=1e-3, show_default=True,
-                     type=click.FloatRange(min=0, min_open=True)),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--augment/--no-augment", default=False, show_default=True,
-                     help="Random flips and 90° rotations of training tiles."),
-        click.option("--resume", is_flag=True,
-                     help="Continue from NAME.checkpoint.safetensors after an interrupted run."),
-        click.option("--device", default="cpu", show_default=True,
-                     help="cpu or cuda (single process; torchrun picks each process's GPU)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command

@@ -87,7 +87,7 @@ def encode_image(
     latent_dtype = latent_dtype or default_dtype(model)
     entropy = latent_dtype == ENTROPY
     if entropy and model.latent_coding != ENTROPY:
-        raise MicrocaeError("entropy coding needs an RD model (from 'microcae train-rd')")
+        raise MicrocaeError("entropy coding needs an RD model (from 'microcae train --arch rd-*')")
     if tile % model.downsample:
         raise MicrocaeError(f"tile {tile} is not a multiple of {model.downsample}")
     latents, _ = encode_micrograph(model, micrograph.pixels, tile=tile)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -52,6 +52,10 @@ class CAEConfig:
     def to_json(self) -> str:
         """Serialise to a JSON object string."""
         return json.dumps(asdict(self), sort_keys=True)
+
+    def with_channels(self, widths: tuple[int, ...]) -> CAEConfig:
+        """Return this configuration with other encoder widths (``ValueError`` if invalid)."""
+        return replace(self, channels=tuple(widths))
 
     @classmethod
     def from_json(cls, text: str) -> CAEConfig:

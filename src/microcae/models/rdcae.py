@@ -14,7 +14,7 @@ Loading never unpickles, and the tables are read from the file, never recomputed
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -46,6 +46,10 @@ class RDConfig:
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
         if not 1 <= len(self.filters) <= 6 or not all(1 <= f <= 32 for f in self.filters):
             raise ValueError(f"filters must be 1..6 widths in 1..32, got {self.filters}")
+
+    def with_channels(self, widths: tuple[int, ...]) -> RDConfig:
+        """Return this configuration with other CAE encoder widths (``ValueError`` if invalid)."""
+        return replace(self, cae=self.cae.with_channels(widths))
 
     def to_json(self) -> str:
         """Serialise to a JSON object string."""

@@ -66,6 +66,14 @@ class ProcessGroup:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return float(total.item())
 
+    def broadcast(self, value: float) -> float:
+        """Rank 0's value of a float, on every rank (the value itself on one process)."""
+        if not self.distributed:
+            return value
+        shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, src=0)
+        return float(shared.item())
+
 
 def _env_int(name: str, default: int) -> int:
     text = os.environ.get(name, str(default))

@@ -1,19 +1,38 @@
-"""Training loop of the study (MSE, Adam 1e-3, batch 32) with checkpoints, exact resume and logs.
+"""The one training loop: any model kind, a pluggable objective, checkpoints and exact resume.
 
-Determinism: the weights are initialised from ``seed``, and epoch ``e`` visits the training tiles
-in the order of a permutation drawn from a generator seeded with ``(seed, e)`` (likewise the
-optional flips/rotations). A checkpoint written at the end of every epoch holds the weights and the
-Adam state, so a run killed at any point and resumed with ``--resume`` ends with the same weights
-as an uninterrupted run on the same machine and thread count.
+:func:`train` builds the model with ``build_model`` (after seeding torch with ``seed``), minimises
+an :class:`~microcae.training.objectives.Objective` with Adam, shows a progress bar, logs every
+epoch, writes a checkpoint at the end of every epoch and the model file once at the end.
 
-Data parallelism: under ``torchrun --nproc_per_node N`` every process walks the same permutation,
-takes its contiguous share of each global batch of ``batch_size`` tiles (see
+Determinism: the weights are initialised from ``seed``; epoch ``e`` visits the training tiles in
+an order fixed by ``(seed, e)`` (likewise the optional flips and rotations, see
+:mod:`microcae.training.batches`), and torch's generator (the RD model's training noise) is
+reseeded from ``(seed, e, rank)`` at the start of every epoch. A checkpoint holds the weights and
+the Adam state, so a run killed at any point and resumed ends with the same weights as an
+uninterrupted run on the same machine and thread count. With the defaults (no gradient clipping,
+no learning-rate drop) and :class:`~microcae.training.objectives.MSEObjective` the run is the
+study's: MSE, Adam 1e-3, batch 32.
+
+Loop settings (:class:`~microcae.training.settings.TrainSettings`) for every objective:
+``grad_clip`` (clip the gradient norm), ``lr_drop`` (divide the learning rate by 10 after that
+fraction of the epochs, or of ``max_seconds`` if that comes first; once dropped it stays
+dropped) and ``max_seconds`` (stop after the epoch in which that much training time has passed,
+counting the epochs of earlier sessions of a resumed run).
+
+Divergence: a non-finite loss, or non-finite weights or test scores at the end of an epoch,
+stop the run with a :class:`~microcae.util.errors.MicrocaeError`; no model is written and the
+checkpoint keeps the last finished epoch (whose weights and scores were finite).
+
+Data parallelism: under ``torchrun --nproc_per_node N`` every process walks the same
+permutation, takes its contiguous share of each global batch of ``batch_size`` tiles (see
 :meth:`microcae.training.distributed.ProcessGroup.shard`) and trains a
-``DistributedDataParallel`` copy of
-the model whose loss is scaled so that the averaged gradient is that of the global batch's mean
-loss. The run therefore follows the single-process one up to floating-point rounding. Rank 0
-alone logs, checkpoints and writes the model; all ranks read the checkpoint on ``--resume``, so
-the output folder must be on a file system that every node sees.
+``DistributedDataParallel`` copy of the model whose loss is weighted by ``share · N / batch``, so
+that the averaged gradient is that of the global batch's mean loss (a process whose share is
+empty computes one tile at weight 0). For objectives without randomness the run follows the
+single-process one up to floating-point rounding; the RD model's noise is drawn per process.
+Rank 0's epoch time decides ``lr_drop`` and ``max_seconds`` for all. Rank 0 alone logs,
+checkpoints and writes the model; all ranks read the checkpoint on ``resume``, so the output
+folder must be on a file system that every node sees.
 """
 
 from __future__ import annotations
@@ -22,61 +41,29 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from microcae import __version__
 from microcae.data.dataset import PreparedSet
-from microcae.models.cae import CAE, CAEConfig
-from microcae.models.registry import save_model
+from microcae.models.base import MicrocaeModel
+from microcae.models.cae import CAE
+from microcae.models.registry import MODEL_KINDS, save_model
+from microcae.training.batches import as_batch, epoch_order, global_batches
+from microcae.training.checkpoint import load_checkpoint, save_checkpoint
 from microcae.training.distributed import ProcessGroup, process_group
-from microcae.util.atomic import atomic_path, write_text_atomic
+from microcae.training.objectives import MSEObjective, Objective
+from microcae.training.outputs import check_output, output_files, write_history
+from microcae.training.settings import TrainSettings, epoch_lr
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import configure_allocator, to_channels_last
-
-CHECKPOINT_FORMAT = "microcae.checkpoint"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyper-parameters of a run (defaults: the study's).
-
-    Attributes
-    ----------
-    epochs, batch_size
-        Passes over the training split and tiles per Adam step.
-    lr, beta1, beta2, eps
-        Adam settings.
-    seed
-        Seeds weight initialisation and the per-epoch shuffles.
-    augment
-        Random flips and 90° rotations of training tiles (not in the study).
-    model
-        Architecture to train.
-    """
-
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    seed: int = 0
-    augment: bool = False
-    model: CAEConfig = field(default_factory=CAEConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (the model configuration as a nested dict)."""
-        return asdict(self)
 
 
 @dataclass
@@ -87,7 +74,7 @@ class TrainResult:
     and keeps the history.
     """
 
-    model: CAE
+    model: nn.Module
     history: list[dict[str, float]]
     files: dict[str, Path]
     rank: int = 0
@@ -101,290 +88,310 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Ada
     )
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
-    """One Adam step on the MSE reconstruction loss of ``batch`` (B, 1, H, W); returns the loss."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.mse_loss(model(batch)["x_hat"], batch)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
-def shard_step(model: nn.Module, optimizer: torch.optim.Optimizer, shard: torch.Tensor,
-               global_tiles: int, world_size: int) -> float:
-    """One Adam step of data-parallel training on this process's ``shard`` of a global batch.
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
+               batch: torch.Tensor, grad_clip: float | None = None,
+               weight: float | None = None) -> tuple[float, dict[str, float]]:
+    """One optimiser step on the objective's loss of ``batch`` (B, 1, H, W).
 
     Parameters
     ----------
-    model
-        The ``DistributedDataParallel`` model (it averages gradients over the ranks).
-    shard
-        (b, 1, H, W) tiles of this rank; b may be 0.
-    global_tiles, world_size
-        Tiles in the global batch (over all ranks) and the number of ranks.
+    grad_clip
+        Clip the gradient norm to this before the step (None: no clipping).
+    weight
+        Factor on the loss before ``backward`` (data-parallel share weighting; None: 1).
 
     Returns
     -------
-    float
-        Summed squared error of the shard divided by H·W (the sum of its tiles' MSEs).
+    tuple
+        The loss and the objective's logged batch quantities, as floats.
     """
     optimizer.zero_grad(set_to_none=True)
-    pixels = shard.shape[-2] * shard.shape[-1]
-    summed = (model(shard)["x_hat"] - shard).pow(2).sum()
-    (summed * (world_size / (global_tiles * pixels))).backward()
+    loss, logs = objective.loss(model, batch)
+    (loss if weight is None else loss * weight).backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return float(summed.detach()) / pixels
+    values = torch.stack([loss.detach(), *logs.values()]).tolist()
+    return values[0], dict(zip(logs, values[1:], strict=True))
 
 
-def epoch_order(n_tiles: int, seed: int, epoch: int) -> np.ndarray:
-    """Permutation of ``range(n_tiles)`` for ``epoch`` (0-based), fixed by ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(n_tiles)
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank, 2]).generate_state(1)[0])
 
 
-def augment_batch(batch: np.ndarray, seed: int, epoch: int, step: int) -> np.ndarray:
-    """Flip and rotate each (H, W) tile of a (B, H, W) batch by a draw fixed by its position."""
-    rng = np.random.default_rng([seed, epoch, step, 1])
-    out = np.empty_like(batch)
-    for i, tile in enumerate(batch):
-        turns, flip = rng.integers(4), rng.integers(2)
-        tile = np.rot90(tile, k=int(turns))
-        out[i] = tile[:, ::-1] if flip else tile
-    return out
-
-
-def batch_tensor(tiles: np.ndarray, indices: np.ndarray) -> torch.Tensor:
-    """Gather tiles ``indices`` of a (T, H, W) array into a (B, 1, H, W) channels-last tensor."""
-    gathered = np.ascontiguousarray(tiles[np.sort(indices)], dtype=np.float32)
-    return to_channels_last(torch.from_numpy(gathered)[:, None])
-
-
-def _epoch_losses(model: nn.Module, optimizer: torch.optim.Adam, data: PreparedSet,
-                  order: np.ndarray, settings: TrainSettings, epoch: int, group: ProcessGroup,
-                  progress: bool) -> float:
-    """Train one epoch over tile indices ``order``; return the summed per-tile MSE of all ranks."""
-    steps = math.ceil(len(order) / settings.batch_size)
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="step",
-               disable=not (progress and group.is_main), leave=False)
-    total, seen = 0.0, 0
-    for step in bar:
-        chosen = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-        tiles = np.ascontiguousarray(data.tiles[np.sort(chosen)], dtype=np.float32)
-        if settings.augment:
-            tiles = augment_batch(tiles, settings.seed, epoch, step)
-        tiles = tiles[group.shard(len(tiles))]
-        batch = to_channels_last(torch.from_numpy(np.ascontiguousarray(tiles))[:, None])
-        batch = batch.to(group.device)
-        if group.distributed:
-            total += shard_step(model, optimizer, batch, len(chosen), group.world_size)
-        else:
-            total += train_step(model, optimizer, batch) * len(chosen)
-        seen += len(chosen)
-        bar.set_postfix(mse=f"{total * group.world_size / seen:.5f}")
-    return group.all_sum(total)
-
-
-@torch.no_grad()
-def evaluate_mse(model: nn.Module, tiles: np.ndarray, indices: np.ndarray,
-                 batch_size: int = 16) -> float:
-    """Mean squared reconstruction error over tiles ``indices`` (NaN if there are none)."""
-    if len(indices) == 0:
-        return math.nan
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    device = next(model.parameters()).device
-    for start in range(0, len(indices), batch_size):
-        batch = batch_tensor(tiles, indices[start : start + batch_size]).to(device)
-        total += float(nn.functional.mse_loss(model(batch)["x_hat"], batch, reduction="sum"))
-    model.train(was_training)
-    return total / (len(indices) * tiles.shape[1] * tiles.shape[2])
-
-
-def _checkpoint_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".checkpoint.safetensors")
-
-
-def side_file(out: Path, suffix: str) -> Path:
-    """Path beside the model file ``NAME.safetensors``: ``NAME`` + ``suffix``."""
-    return out.with_name(out.name.removesuffix(".safetensors") + suffix)
-
-
-def _run_identity(settings: TrainSettings, data: PreparedSet) -> str:
-    """Describe what a checkpoint must share with the run resuming it (not the epoch count)."""
-    fixed = {k: v for k, v in settings.to_dict().items() if k != "epochs"}
-    return json.dumps({"settings": fixed, "data": data.manifest_sha256}, sort_keys=True)
-
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam, epoch: int,
-                    history: list[dict[str, float]], identity: str) -> None:
-    """Write weights, Adam moments and progress to a safetensors checkpoint, atomically."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous()
-               for k, v in model.state_dict().items()}
-    steps = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        tensors[f"adam.{index}.exp_avg"] = state["exp_avg"].cpu().contiguous()
-        tensors[f"adam.{index}.exp_avg_sq"] = state["exp_avg_sq"].cpu().contiguous()
-        steps[str(index)] = float(state["step"])
-    metadata = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "identity": identity,
-                "history": json.dumps(history), "adam_steps": json.dumps(steps)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam,
-                    identity: str) -> tuple[int, list[dict[str, float]]]:
-    """Restore a checkpoint into ``model`` and ``optimizer``; return (epochs done, history).
-
-    Raises
-    ------
-    MicrocaeError
-        If the checkpoint is unreadable or belongs to another run (other data or settings).
-    """
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MicrocaeError(f"{path}: unreadable checkpoint ({exc})") from None
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise MicrocaeError(f"{path}: not a microcae training checkpoint")
-    if metadata.get("identity") != identity:
-        raise MicrocaeError(f"{path}: checkpoint is of another run (different data or settings)")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    steps = json.loads(metadata["adam_steps"])
-    state = optimizer.state_dict()
-    state["state"] = {
-        int(i): {"step": torch.tensor(step), "exp_avg": tensors[f"adam.{i}.exp_avg"],
-                 "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"]}
-        for i, step in steps.items()
-    }
-    optimizer.load_state_dict(state)
-    return int(metadata["epoch"]), json.loads(metadata["history"])
-
-
-def write_history(history: list[dict[str, float]], csv_path: Path, json_path: Path) -> None:
-    """Write the per-epoch log as CSV and JSON (atomically)."""
-    columns = ["epoch", "train_mse", "test_mse", "seconds", "tiles_per_second"]
-    lines = [",".join(columns)] + [",".join(f"{row[c]:.8g}" for c in columns) for row in history]
-    write_text_atomic(csv_path, "\n".join(lines) + "\n")
-    write_text_atomic(json_path, json.dumps(history, indent=1) + "\n")
+def _check_data(data: PreparedSet, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of ``data``; refuse an empty train split or non-finite tiles."""
+    train_idx, test_idx = data.indices("train"), data.indices("test")
+    if len(train_idx) == 0:
+        raise MicrocaeError(f"{data.path}: the prepared set has no training tiles")
+    for start in range(0, len(data.tiles), chunk):
+        finite = np.isfinite(data.tiles[start : start + chunk]).all(axis=(1, 2))
+        if not finite.all():
+            raise MicrocaeError(f"{data.path}: tile {start + int(np.argmin(finite))} of "
+                                "tiles.npy holds NaN or infinite values")
+    return train_idx, test_idx
 
 
 def train(
     data: PreparedSet,
     out: str | Path,
     settings: TrainSettings | None = None,
+    *,
+    build_model: Callable[[], nn.Module] = CAE,
+    objective: Objective | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     device: str = "cpu",
     note: str | None = None,
 ) -> TrainResult:
-    """Train a CAE on a prepared set; checkpoint every epoch; write the model and its logs.
+    """Train a model on a prepared set; checkpoint every epoch; write the model and its log.
 
     Parameters
     ----------
     data
-        Prepared set (:func:`microcae.data.dataset.load_dataset`) with a non-empty train split.
+        Prepared set (:func:`microcae.data.dataset.load_dataset`) with a non-empty train split
+        and finite tiles whose side is a multiple of the model's downsampling factor.
     out
         Model file ``NAME.safetensors``. Beside it: ``NAME.checkpoint.safetensors`` (every
-        epoch), ``NAME.train.csv`` / ``NAME.train.json`` (per-epoch MSE) and ``NAME.loss.png``.
+        epoch), ``NAME.train.csv`` / ``NAME.train.json`` (per-epoch log: ``epoch``, the
+        objective's ``train_*`` and ``test_*`` columns, ``lr``, ``seconds``,
+        ``tiles_per_second``).
     settings
-        Hyper-parameters (default: the study's).
+        Loop settings (default: the study's).
+    build_model
+        Makes the untrained model (called once, after seeding torch): a microcae model kind,
+        e.g. ``CAE`` (the study's network, the default) or
+        :meth:`microcae.training.architectures.Architecture.build`.
+    objective
+        What to minimise (default :class:`~microcae.training.objectives.MSEObjective`).
     resume
-        Continue from ``NAME.checkpoint.safetensors`` if present (same data and settings).
+        Continue from ``NAME.checkpoint.safetensors`` if present (same data, model, objective
+        and settings except ``epochs`` and ``max_seconds``); a larger ``epochs`` extends it.
+    overwrite
+        Allow replacing an existing ``out`` (a finished run's model: latent files made with
+        it no longer decode), and, without ``resume``, start afresh over an existing
+        checkpoint.
     progress
         Show a progress bar with the running loss on stderr.
     on_epoch
         Called with each epoch's log row (after its checkpoint is written).
     device
         ``"cpu"`` or ``"cuda"`` for a single-process run (under ``torchrun`` each process uses
-        its local GPU if there is one). Checkpoints are device-independent: a run started on a
-        GPU can be resumed on the CPU.
+        its local GPU if there is one). Checkpoints are device-independent.
     note
-        Free text stored in the model's provenance (e.g. where earlier epochs of a resumed run
-        were computed).
+        Free text stored in the model's provenance (e.g. where earlier epochs ran).
 
     Returns
     -------
     TrainResult
         The trained model (eval mode, on the CPU), per-epoch history and paths of written files.
-        Under ``torchrun`` every rank returns the same weights, but only rank 0 writes the files,
-        calls ``on_epoch`` and has the history (empty on the other ranks).
+        Under ``torchrun`` only rank 0 writes the files, calls ``on_epoch`` and has the history.
+
+    Raises
+    ------
+    MicrocaeError
+        Before any work: an existing ``out`` without ``overwrite``, an output folder that
+        cannot be written, a checkpoint without ``resume`` or ``overwrite``, or one of another
+        run, bad data, a model that is not a microcae kind, or a device that is not there.
+        During the run: a non-finite loss, weights or test scores (divergence).
     """
     with process_group(device) as group:
-        return _train(data, Path(out), settings or TrainSettings(), resume, progress, on_epoch,
-                      group, note)
+        out = Path(out)
+        check_output(out, overwrite)
+        run = _Run.start(data, out, settings or TrainSettings(), build_model,
+                         objective or MSEObjective(), group, resume, overwrite)
+        run.fit(progress, on_epoch)
+        return run.finish(note)
 
 
-def _train(data: PreparedSet, out: Path, settings: TrainSettings, resume: bool, progress: bool,
-           on_epoch: Callable[[dict[str, float]], None] | None,
-           group: ProcessGroup, note: str | None) -> TrainResult:
-    from microcae.figures.training import plot_loss_curve
 
-    configure_allocator()
-    train_idx, test_idx = data.indices("train"), data.indices("test")
-    if len(train_idx) == 0:
-        raise MicrocaeError(f"{data.path}: the prepared set has no training tiles")
-    if data.tiles.shape[1] % settings.model.downsample:
-        raise MicrocaeError(f"tile side {data.tiles.shape[1]} is not a multiple of "
-                            f"{settings.model.downsample}")
-    torch.manual_seed(settings.seed)
-    model = to_channels_last(CAE(settings.model)).to(group.device)
-    optimizer = make_optimizer(model, settings)
-    identity = _run_identity(settings, data)
-    checkpoint = _checkpoint_path(out)
-    start_epoch, history = 0, []
-    if resume and checkpoint.exists():
-        start_epoch, history = load_checkpoint(checkpoint, model, optimizer, identity)
-    elif not resume and checkpoint.exists():
-        raise MicrocaeError(f"{checkpoint}: a checkpoint exists; use --resume or delete it")
-    stepped: nn.Module = model
-    if group.distributed:
-        stepped = DistributedDataParallel(
-            model, device_ids=[group.device] if group.device.type == "cuda" else None)
-    for epoch in range(start_epoch, settings.epochs):
-        model.train()
+def _describe(model: MicrocaeModel) -> dict[str, Any]:
+    """``{"kind": ..., "config": {...}}``: what the model is, for run identity and provenance.
+
+    Raises
+    ------
+    MicrocaeError
+        If ``model`` is not a registered microcae model kind (it could not be saved).
+    """
+    if type(model) not in MODEL_KINDS.values():
+        raise MicrocaeError(f"cannot train a {type(model).__name__}: not a microcae model kind "
+                            f"({', '.join(MODEL_KINDS)})")
+    return {"kind": model.kind, "config": json.loads(model.config.to_json())}
+
+@dataclass
+class _Run:
+    """State of one training run between :func:`train`'s start, epochs and finish."""
+
+    data: PreparedSet
+    out: Path
+    settings: TrainSettings
+    objective: Objective
+    group: ProcessGroup
+    model: nn.Module
+    optimizer: torch.optim.Adam
+    identity: str
+    splits: tuple[np.ndarray, np.ndarray]
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, data: PreparedSet, out: Path, settings: TrainSettings,
+              build_model: Callable[[], nn.Module], objective: Objective, group: ProcessGroup,
+              resume: bool, overwrite: bool) -> _Run:
+        """Check the data, build the model and optimiser, and restore a checkpoint if asked."""
+        configure_allocator()
+        splits = _check_data(data)
+        torch.manual_seed(settings.seed)
+        model = to_channels_last(build_model()).to(group.device)
+        description = _describe(model)
+        multiple = model.downsample
+        if data.tiles.shape[1] % multiple or data.tiles.shape[2] % multiple:
+            raise MicrocaeError(f"tile side {data.tiles.shape[1]} is not a multiple of {multiple}")
+        identity = json.dumps({"settings": settings.identity(), "model": description,
+                               "objective": objective.describe(),
+                               "data": data.manifest_sha256}, sort_keys=True)
+        run = cls(data, out, settings, objective, group, model, make_optimizer(model, settings),
+                  identity, splits)
+        checkpoint = output_files(out)["checkpoint"]
+        if checkpoint.exists() and resume:
+            run.start_epoch, run.history = load_checkpoint(checkpoint, model, run.optimizer,
+                                                           identity)
+        elif checkpoint.exists() and not overwrite:
+            raise MicrocaeError(f"{checkpoint}: a checkpoint of an earlier run exists; use "
+                                "--resume to continue it or --force to start afresh")
+        return run
+
+    def fit(self, progress: bool, on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+        """Run the remaining epochs, checkpointing each (rank 0), within ``max_seconds``."""
+        settings, history = self.settings, self.history
+        stepped: nn.Module = self.model
+        if self.group.distributed:
+            stepped = DistributedDataParallel(self.model, device_ids=(
+                [self.group.device] if self.group.device.type == "cuda" else None))
+        elapsed = sum(row["seconds"] for row in history)
+        lr = history[-1]["lr"] if history else settings.lr
+        for epoch in range(self.start_epoch, settings.epochs):
+            lr = epoch_lr(settings, epoch, elapsed, dropped=lr < settings.lr)
+            row = self._epoch(stepped, epoch, lr, progress)
+            elapsed += row["seconds"]
+            if self.group.is_main:
+                history.append(row)
+                save_checkpoint(output_files(self.out)["checkpoint"], self.model,
+                                self.optimizer, epoch + 1, history, self.identity)
+                if on_epoch:
+                    on_epoch(row)
+            if settings.max_seconds is not None and elapsed >= settings.max_seconds:
+                break
+
+    def _epoch(self, stepped: nn.Module, epoch: int, lr: float,
+               progress: bool) -> dict[str, float]:
+        """Train one epoch at ``lr``; return its log row (test columns on rank 0 only)."""
+        settings, group = self.settings, self.group
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        torch.manual_seed(_epoch_seed(settings.seed, epoch, group.rank))
+        self.model.train()
         started = time.perf_counter()
+        train_idx, test_idx = self.splits
         order = train_idx[epoch_order(len(train_idx), settings.seed, epoch)]
-        summed = _epoch_losses(stepped, optimizer, data, order, settings, epoch, group, progress)
-        seconds = time.perf_counter() - started
-        if not group.is_main:
-            continue
-        row = {"epoch": epoch + 1, "train_mse": summed / len(train_idx),
-               "test_mse": evaluate_mse(model, data.tiles, test_idx), "seconds": seconds,
-               "tiles_per_second": len(train_idx) / seconds}
-        history.append(row)
-        save_checkpoint(checkpoint, model, optimizer, epoch + 1, history, identity)
-        if on_epoch:
-            on_epoch(row)
-    model.eval()
-    files = {"model": out, "checkpoint": checkpoint, "log_csv": side_file(out, ".train.csv"),
-             "log_json": side_file(out, ".train.json"), "loss_png": side_file(out, ".loss.png")}
-    if not group.is_main:
-        return TrainResult(model.cpu(), [], files, group.rank)
-    final = {"train_mse": evaluate_mse(model, data.tiles, train_idx),
-             "test_mse": evaluate_mse(model, data.tiles, test_idx)}
-    model = model.cpu()
-    provenance = {
-        "trained_with": f"microcae {__version__}, torch {torch.__version__}",
-        "data": {"path": str(data.path), "manifest_sha256": data.manifest_sha256,
-                 "train_tiles": len(train_idx), "test_tiles": len(test_idx),
-                 "split_by": data.manifest.get("split_by")},
-        "settings": settings.to_dict(),
-        "epochs_completed": len(history),
-        "final_eval_mse": final,
-        "history": history,
-        "threads": torch.get_num_threads(),
-        "device": str(group.device),
-        "processes": group.world_size,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if note:
-        provenance["note"] = note
-    save_model(model, out, provenance)
-    write_history(history, files["log_csv"], files["log_json"])
-    plot_loss_curve(history, files["loss_png"])
-    return TrainResult(model, history, files)
+        sums = self._train_epoch(stepped, order, epoch, progress and group.is_main)
+        self._check_weights(epoch)
+        seconds = group.broadcast(time.perf_counter() - started)
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({f"train_{name}": value / len(order) for name, value in sums.items()})
+        if group.is_main:
+            tested = self.objective.evaluate(self.model, self.data.tiles, test_idx)
+            if len(test_idx) and not all(map(math.isfinite, tested.values())):
+                raise self._diverged(f"the test split gave {tested}", epoch)
+            row.update({f"test_{name}": value for name, value in tested.items()})
+        row.update(lr=lr, seconds=seconds, tiles_per_second=len(order) / seconds)
+        return row
+
+    def _train_epoch(self, stepped: nn.Module, order: np.ndarray, epoch: int,
+                     progress: bool) -> dict[str, float]:
+        """Step through one epoch; return each logged quantity summed over tiles (all ranks)."""
+        settings, group, objective = self.settings, self.group, self.objective
+        sums = dict.fromkeys(objective.logged, 0.0)
+        shown, seen = objective.logged[0], 0
+        batches = global_batches(self.data.tiles, order, settings.batch_size, settings.seed,
+                                 epoch, settings.augment)
+        with tqdm(batches, total=math.ceil(len(order) / settings.batch_size), unit="step",
+                  desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress,
+                  leave=False) as bar:
+            for step, tiles in enumerate(bar):
+                share, weight = self._share(tiles)
+                loss, logs = train_step(stepped, self.optimizer, objective,
+                                        as_batch(share).to(group.device), settings.grad_clip,
+                                        weight)
+                if not math.isfinite(loss):
+                    raise self._diverged(f"the loss became {loss} at step {step + 1}", epoch)
+                tiles_here = len(share) if weight != 0 else 0
+                for name in sums:
+                    sums[name] += logs[name] * tiles_here
+                seen += tiles_here
+                bar.set_postfix({shown: f"{sums[shown] / max(seen, 1):.5f}"})
+        return {name: group.all_sum(value) for name, value in sums.items()}
+
+    def _share(self, tiles: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Return this rank's share of a global batch and its loss weight (None: one process).
+
+        An empty share becomes the batch's first tile at weight 0, so that the rank still
+        takes part in the gradient all-reduce.
+        """
+        group = self.group
+        if not group.distributed:
+            return tiles, None
+        share = tiles[group.shard(len(tiles))]
+        if len(share) == 0:
+            return tiles[:1], 0.0
+        return share, len(share) * group.world_size / len(tiles)
+
+    def _check_weights(self, epoch: int) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise self._diverged("the weights became non-finite", epoch)
+
+    def _diverged(self, what: str, epoch: int) -> MicrocaeError:
+        checkpoint = output_files(self.out)["checkpoint"]
+        kept = ("no checkpoint written; lower --lr" if epoch == 0 or not checkpoint.exists()
+                else f"{checkpoint} keeps epoch {epoch}; lower --lr and start afresh with --force")
+        return MicrocaeError(f"training diverged in epoch {epoch + 1} ({what}): no model "
+                             f"written, {kept}")
+
+    def finish(self, note: str | None) -> TrainResult:
+        """Evaluate both splits, write the model and the log (rank 0); return the result."""
+        self.model.eval()
+        files = output_files(self.out)
+        if not self.group.is_main:
+            return TrainResult(self.model.cpu(), [], files, self.group.rank)
+        final = {f"{split}_{name}": value
+                 for split, indices in zip(("train", "test"), self.splits, strict=True)
+                 for name, value in self.objective.evaluate(self.model, self.data.tiles,
+                                                            indices).items()}
+        model = self.model.cpu()
+        provenance = self._provenance(final, note)
+        save_model(model, self.out, provenance)
+        write_history(self.history, files["log_csv"], files["log_json"])
+        return TrainResult(model, self.history, files)
+
+    def _provenance(self, final: dict[str, float], note: str | None) -> dict[str, Any]:
+        data, (train_idx, test_idx) = self.data, self.splits
+        provenance = {
+            "trained_with": f"microcae {__version__}, torch {torch.__version__}",
+            "data": {"path": str(data.path), "manifest_sha256": data.manifest_sha256,
+                     "train_tiles": len(train_idx), "test_tiles": len(test_idx),
+                     "split_by": data.manifest.get("split_by")},
+            "model": _describe(self.model),
+            "settings": {**self.settings.to_dict(), **self.objective.describe()},
+            "epochs_completed": len(self.history),
+            "final_eval": final,
+            "history": self.history,
+            "threads": torch.get_num_threads(),
+            "device": str(self.group.device),
+            "processes": self.group.world_size,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if note:
+            provenance["note"] = note
+        return provenance

@@ -37,7 +37,7 @@ from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.registry import BUNDLED_MODEL, load_model
 from microcae.saliency.registry import title
-from microcae.training.loop import evaluate_mse
+from microcae.training.objectives import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 
