@@ -23,6 +23,7 @@ from microcae.util.atomic import (
     output_names,
     write_bytes_atomic,
 )
+from microcae.util.limits import memory_guard
 
 
 def encode_targets(inputs: list[str | Path], out_dir: str | Path,
@@ -83,10 +84,11 @@ def encode_files(
         be written; then for any unreadable image.
     """
     images, targets = encode_targets(inputs, out_dir, force)
-    blobs = [
-        encode_image(model, read_micrograph(path), latent_dtype, compress, secret)
-        for path in tqdm(images, desc="encode", unit="image", disable=not progress)
-    ]
+    blobs = []
+    for path in tqdm(images, desc="encode", unit="image", disable=not progress):
+        with memory_guard(str(path)):
+            blobs.append(encode_image(model, read_micrograph(path), latent_dtype, compress,
+                                      secret))
     for target, blob in zip(targets, blobs, strict=True):
         write_bytes_atomic(target, blob)
     return targets
@@ -119,8 +121,9 @@ def decode_files(
     """
     paths, targets = decode_targets(files, out_dir, force)
     verified = [open_latent_file(model, path.read_bytes(), str(path), secret) for path in paths]
-    for target, (header, latents) in tqdm(list(zip(targets, verified, strict=True)),
-                                          desc="decode", unit="file", disable=not progress):
-        with atomic_path(target) as tmp:
+    jobs = list(zip(paths, targets, verified, strict=True))
+    for path, target, (header, latents) in tqdm(jobs, desc="decode", unit="file",
+                                                disable=not progress):
+        with memory_guard(str(path)), atomic_path(target) as tmp:
             Image.fromarray(render(model, header, latents).stored).save(tmp, format="PNG")
     return targets

@@ -15,6 +15,7 @@ from microcae.metrics.reconstruction import ReconstructionScores, reconstruction
 from microcae.models.cae import CAE
 from microcae.models.inference import reconstruct_micrograph
 from microcae.util.atomic import atomic_path, output_names
+from microcae.util.limits import memory_guard
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def reconstruct_files(
     targets = reconstruction_targets(paths, out_dir)
     for path, target in tqdm(list(zip(paths, targets, strict=True)), desc="reconstruct",
                              unit="image", disable=not progress):
-        micrograph = read_micrograph(path)
-        rebuilt = reconstruct_micrograph(model, micrograph.pixels)
+        with memory_guard(str(path)):
+            micrograph = read_micrograph(path)
+            rebuilt = reconstruct_micrograph(model, micrograph.pixels)
         save_png(rebuilt, target)
         scores = reconstruction_scores(micrograph.pixels, rebuilt)
         results.append(Reconstruction(Path(path), micrograph.pixels, rebuilt, scores))
