@@ -90,7 +90,9 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or exc.__class__.__name__
+    if exc.errno is None:  # e.g. NumPy's short write "N requested and M written"
+        return f"{str(exc) or exc.__class__.__name__}; is the disk full?"
+    return exc.strerror or str(exc)
 
 
 def output_error(path: str | os.PathLike[str], exc: OSError) -> MicrocaeError:
