@@ -79,7 +79,7 @@ def test_deeply_nested_provenance_is_a_one_line_error_not_a_recursion_error(tmp_
     metadata = _metadata(path)
     metadata["provenance"] = "[" * 100_000 + "]" * 100_000
     save_file(load_file(str(path)), str(path), metadata=metadata)
-    with pytest.raises(MicrocaeError, match="nests deeper than"):
+    with pytest.raises(MicrocaeError, match="provenance: JSON nested"):
         read_model_file(path)
 
 

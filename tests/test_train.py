@@ -237,7 +237,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(dataset, tm
     rc = _cli(dataset, out)
     captured = capsys.readouterr()
     assert rc == 2 and captured.err.count("\n") == 1 and "epoch" not in captured.out
-    assert "cannot be written" in captured.err and "a-file" in captured.err
+    assert "cannot write" in captured.err and "a-file" in captured.err
     assert "is a directory" in _one_line_error(capsys, _cli(dataset, tmp_path))
     with pytest.raises(MicrocaeError, match="is a folder"):
         fit(dataset, tmp_path)
@@ -252,7 +252,7 @@ def test_a_read_only_folder_is_refused_before_training(dataset, tmp_path, capsys
         err = _one_line_error(capsys, _cli(dataset, folder / "new" / "m.safetensors"))
     finally:
         folder.chmod(0o700)
-    assert "cannot be written" in err and "ermission denied" in err
+    assert "cannot write" in err and "ermission denied" in err
     assert not any(folder.iterdir())
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import model_option, out_dir_option, progress_option
+from microcae.cli.options import force_option, model_option, out_dir_option, progress_option
 from microcae.cli.secret_options import passphrase_option, resolve_secret
 from microcae.models.registry import load_model
-from microcae.pipelines.latent_files import decode_files
+from microcae.pipelines.latent_files import decode_files, decode_targets
 
 
 @click.command("decode")
@@ -19,11 +19,16 @@ from microcae.pipelines.latent_files import decode_files
 @click.option("--key", "key_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Key file for encrypted latent files.")
 @passphrase_option
+@force_option
 @progress_option
 def command(files: tuple[Path, ...], model_path: Path | None, out_dir: Path,
-            key_file: Path | None, passphrase: bool, progress: bool) -> None:
-    """Decode latent FILES (or folders of .mcl files) into PNGs in OUT; nothing on error."""
+            key_file: Path | None, passphrase: bool, force: bool, progress: bool) -> None:
+    """Decode latent FILES (or folders of .mcl files) into PNGs in OUT; nothing on error.
+
+    An existing PNG in OUT (such as the original micrograph) is replaced only with --force.
+    """
+    decode_targets(list(files), out_dir, force)  # refuse bad outputs before any prompt
     secret = resolve_secret(key_file, passphrase, confirm=False)
     model = load_model(model_path)
-    written = decode_files(model, list(files), out_dir, secret, progress)
+    written = decode_files(model, list(files), out_dir, secret, progress, force)
     click.echo(f"{out_dir}: {len(written)} images decoded")

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
+from microcae.cli.options import (
+    force_option,
+    images_argument,
+    model_option,
+    out_dir_option,
+    progress_option,
+)
 from microcae.cli.secret_options import passphrase_option, resolve_secret
 from microcae.codec import ENTROPY, LATENT_DTYPES
 from microcae.models.registry import load_model
-from microcae.pipelines.latent_files import encode_files
+from microcae.pipelines.latent_files import encode_files, encode_targets
 
 
 @click.command("encode")
@@ -27,14 +33,17 @@ from microcae.pipelines.latent_files import encode_files
 @click.option("--encrypt", "key_file", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Encrypt (AES-256-GCM) with this key file from 'microcae keygen'.")
 @passphrase_option
+@force_option
 @progress_option
 def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
-            latent_dtype: str | None,
-            compress: bool, key_file: Path | None, passphrase: bool, progress: bool) -> None:
+            latent_dtype: str | None, compress: bool, key_file: Path | None, passphrase: bool,
+            force: bool, progress: bool) -> None:
     """Encode IMAGES (files or folders) into one latent file per image in OUT."""
+    encode_targets(list(images), out_dir, force)  # refuse bad outputs before any prompt
     secret = resolve_secret(key_file, passphrase, confirm=True)
     model = load_model(model_path)
-    written = encode_files(model, list(images), out_dir, latent_dtype, compress, secret, progress)
+    written = encode_files(model, list(images), out_dir, latent_dtype, compress, secret, progress,
+                           force)
     total = sum(path.stat().st_size for path in written)
     click.echo(f"{out_dir}: {len(written)} latent files, {total} bytes"
                f"{' (encrypted)' if secret else ''}")

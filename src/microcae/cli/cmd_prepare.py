@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import progress_option
+from microcae.cli.options import FRACTION, POSITIVE_INT, progress_option
 from microcae.data.dataset import prepare_dataset
 
 
@@ -14,11 +14,13 @@ from microcae.data.dataset import prepare_dataset
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="Folder to write the prepared set into.")
-@click.option("--tile", default=256, show_default=True, help="Tile side in pixels.")
-@click.option("--stride", type=int, default=None, help="Step between tiles [default: tile].")
+@click.option("--tile", default=256, show_default=True, type=POSITIVE_INT,
+              help="Tile side in pixels.")
+@click.option("--stride", type=POSITIVE_INT, default=None,
+              help="Step between tiles [default: tile].")
 @click.option("--remainder", type=click.Choice(["drop", "pad"]), default="drop",
               show_default=True, help="Border pixels that do not fill a tile: drop or reflect-pad.")
-@click.option("--test-fraction", default=0.2, show_default=True,
+@click.option("--test-fraction", default=0.2, show_default=True, type=FRACTION,
               help="Share of tiles in the test split (split by source image).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/test split.")
 @click.option("--scaling", type=click.Choice(["auto", "range", "full"]), default="auto",
@@ -26,7 +28,9 @@ from microcae.data.dataset import prepare_dataset
               help="auto: 8-bit by 0..255, 16-bit/float by the image's own range.")
 @click.option("--split-like", type=click.Path(path_type=Path), default=None,
               help="Reuse the train/test split of this prepared set (images matched by SHA-256).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing prepared set at OUT (only a folder holding nothing but "
+                   "a prepared set's files; anything else at OUT is never replaced).")
 @progress_option
 def command(inputs: tuple[Path, ...], out: Path, tile: int, stride: int | None, remainder: str,
             test_fraction: float, seed: int, scaling: str, split_like: Path | None,

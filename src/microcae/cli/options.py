@@ -1,10 +1,48 @@
-"""Options shared by several sub-commands."""
+"""Options and value types shared by several sub-commands.
+
+Numeric options use the types below, so a bad value (``--stride -5``, ``--tile 0``,
+``--lr nan``) is refused while the command line is parsed, in one line naming the option.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import click
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses NaN and infinities.
+
+    (``click.FloatRange(min=0, min_open=True)`` accepts ``nan``: every comparison with NaN is
+    false, so no bound is ever violated.)
+    """
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """Parse ``value`` as a float, refuse NaN and infinities, then check the range."""
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+POSITIVE_INT = click.IntRange(min=1)
+"""Whole numbers >= 1 (sizes, counts, epochs, batch sizes)."""
+POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
+"""Finite numbers > 0 (learning rates, λ, time limits)."""
+FRACTION = FiniteFloatRange(min=0, max=1, max_open=True)
+"""Finite numbers in [0, 1) (shares such as ``--test-fraction``)."""
+
+force_option = click.option(
+    "--force", is_flag=True,
+    help="Replace existing output files (never the inputs). Without it, an existing file is "
+         "an error and nothing is written.",
+)
 
 model_option = click.option(
     "--model",

@@ -11,12 +11,16 @@ Layout (all integers little-endian; the full specification is ``docs/FORMAT.md``
     checksum        4 bytes   only if not encrypted: CRC-32 of every byte before it
 
 The parser checks every field before it allocates anything, so a damaged or hostile file ends
-in :class:`~microcae.util.errors.MicrocaeError` and nothing else.
+in :class:`~microcae.util.errors.MicrocaeError` and nothing else. A CRC stops accidents, not
+attackers, so the claims of a header are also bounded: the image by the pixel limit
+(:mod:`microcae.util.limits`, ``MICROCAE_MAX_PIXELS``), the latents by what the payload can
+hold (exactly, without zstd; at most :data:`ZSTD_MAX_RATIO` times the payload, with it).
 """
 
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -28,7 +32,8 @@ from microcae.codec.quantise import dequantise, payload_size, quantise
 from microcae.data.tiling import TileGrid
 from microcae.entropy.code_tables import EntropyTables
 from microcae.entropy.range_coder import decode_symbols, encode_symbols
-from microcae.util.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError, MicrocaeWarning
+from microcae.util.limits import check_image_size
 
 MAGIC = b"\x89MCL\r\n\x1a\n"
 """File signature: a non-ASCII byte, "MCL" (microcae latent), and line-ending bytes that
@@ -46,6 +51,9 @@ CHECKSUM_BYTES = 4
 MAX_SIDE = 1 << 20
 MAX_PIXELS = 1 << 31
 MAX_PAYLOAD = 1 << 32
+ZSTD_MAX_RATIO = 1 << 15
+"""No zstd frame expands by more than this: a block holds at most 128 KiB and takes at least
+4 bytes (3-byte block header, 1 byte of run-length data)."""
 
 ENTROPY = "entropy"
 """Latent coding of RD models: integer latents range-coded with the model's stored tables
@@ -267,6 +275,7 @@ def parse_header(data: bytes, label: str) -> LatentHeader:
     _check(source_code in sources, label, f"unknown source dtype code {source_code}")
     _check(1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE and height * width <= MAX_PIXELS,
            label, f"image shape {height}x{width} out of range")
+    check_image_size(height, width, label, "the header claims ")
     _check(bool(np.isfinite(low) and np.isfinite(high) and low < high), label,
            f"value range ({low}, {high}) is not a finite increasing pair")
     _check(16 <= tile <= 4096 and 1 <= side <= tile and tile % side == 0
@@ -300,6 +309,8 @@ def parse_header(data: bytes, label: str) -> LatentHeader:
         _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
         _check(payload >= tag and (header.compressed or payload == raw + tag), label,
                f"payload length {payload} does not match the latent shape")
+        _check(raw <= ZSTD_MAX_RATIO * (payload - tag), label,
+               f"{raw} bytes of latents cannot come from {payload - tag} bytes of zstd data")
     if len(data) < header.file_bytes:
         raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, the header promises "
                             f"{header.file_bytes})")
@@ -351,13 +362,16 @@ def unseal(
     header = parse_header(data, label)
     start, end = header.header_bytes, header.header_bytes + header.payload_bytes
     if header.key_block is not None:
-        key = crypto.unlock(secret, header.key_block, label)
+        key = crypto.unlock(secret, header.key_block, label, data[:start], data[start:end])
         body = crypto.open_sealed(key, header.key_block.nonce, data[start:end], data[:start],
                                   label)
     else:
         (stored,) = struct.unpack_from("<I", data, end)
         if zlib.crc32(data[:end]) != stored:
             raise MicrocaeError(f"{label}: corrupt file (checksum mismatch)")
+        if secret is not None:
+            warnings.warn(f"{label}: the file is not encrypted; the key or passphrase given "
+                          "was not needed", MicrocaeWarning, stacklevel=2)
         body = data[start:end]
     if header.compressed:
         body = _decompress(body, payload_size(header.latent_dtype, header.latent_shape), label)

@@ -5,15 +5,23 @@ A latent file is encrypted with a 256-bit key that comes either from a key file 
 (Percival & Josefsson, RFC 7914) and a random per-file salt. The cipher is AES-256-GCM
 (NIST SP 800-38D) from ``cryptography``; the file header is the associated data, so a change
 to any header byte fails authentication just as a change to the ciphertext does.
+
+Passphrases are Unicode-normalised (NFC) before scrypt, so "café" typed as NFC on one machine and
+NFD on another (macOS) gives the same key. A reader accepts only the scrypt cost microcae writes,
+so an edited header cannot make it spend gigabytes or minutes before "wrong passphrase".
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import os
+import stat
 import struct
+import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from microcae.util.atomic import atomic_path
-from microcae.util.errors import MicrocaeError
+from microcae.util.errors import MicrocaeError, MicrocaeWarning
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -32,10 +40,10 @@ TAG_BYTES = 16
 KEY_FILE_TITLE = "microcae secret key v1"
 
 SCRYPT_LOG2_N = 15
-"""Default scrypt cost: N = 2**15, r = 8, p = 1 (32 MiB, about 0.1 s per file)."""
+"""scrypt cost: N = 2**15, r = 8, p = 1 (32 MiB, about 0.1 s per file). The only cost microcae
+writes, and the only one it reads: a header asking for another is corrupt."""
 SCRYPT_R = 8
 SCRYPT_P = 1
-_MAX_LOG2_N, _MAX_R, _MAX_P = 20, 32, 16  # bounds on what a file may ask the reader to spend
 
 KIND_KEY_FILE = 1
 KIND_PASSPHRASE = 2
@@ -110,8 +118,11 @@ class KeyBlock:
             if salt != bytes(SALT_BYTES) or (log2_n, r, p) != (0, 0, 0):
                 raise MicrocaeError(f"{label}: corrupt header (key-file block with scrypt fields)")
         elif kind == KIND_PASSPHRASE:
-            if not (1 <= log2_n <= _MAX_LOG2_N and 1 <= r <= _MAX_R and 1 <= p <= _MAX_P):
-                raise MicrocaeError(f"{label}: corrupt header (scrypt parameters out of range)")
+            if (log2_n, r, p) != (SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P):
+                raise MicrocaeError(
+                    f"{label}: corrupt header (scrypt cost log2 N={log2_n}, r={r}, p={p} is not "
+                    f"the {SCRYPT_LOG2_N}, {SCRYPT_R}, {SCRYPT_P} microcae writes)"
+                )
         else:
             raise MicrocaeError(f"{label}: corrupt header (unknown key kind {kind})")
         return cls(kind, key_id, nonce, salt, log2_n, r, p)
@@ -171,23 +182,42 @@ def read_key_file(path: str | Path) -> bytes:
         raise MicrocaeError(f"{path}: corrupt key file (bad base64)") from None
     if len(key) != KEY_BYTES:
         raise MicrocaeError(f"{path}: corrupt key file ({len(key)} bytes instead of {KEY_BYTES})")
+    _warn_if_shared(path)
     return key
 
 
-def _scrypt(passphrase: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    kdf = Scrypt(salt=salt, length=KEY_BYTES, n=2**log2_n, r=r, p=p)
+def _warn_if_shared(path: Path) -> None:
+    """Warn when users other than the owner may read or change a key file (POSIX modes)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        who = "other users" if mode & 0o007 else "its group"
+        warnings.warn(f"{path}: key file can be read or changed by {who} (mode {mode:04o}); "
+                      f"make it private with: chmod 600 {path}", MicrocaeWarning, stacklevel=3)
+
+
+def passphrase_forms(passphrase: str) -> list[str]:
+    """List the passphrase as scrypt gets it (NFC), then the other forms old files may use.
+
+    Files written before normalisation used the passphrase as typed; the typed form and its
+    NFD form (macOS input) are tried after NFC, so such files still open.
+    """
+    forms = [unicodedata.normalize("NFC", passphrase), passphrase,
+             unicodedata.normalize("NFD", passphrase)]
+    return list(dict.fromkeys(forms))
+
+
+def _scrypt(passphrase: str, salt: bytes) -> bytes:
+    kdf = Scrypt(salt=salt, length=KEY_BYTES, n=2**SCRYPT_LOG2_N, r=SCRYPT_R, p=SCRYPT_P)
     return kdf.derive(passphrase.encode("utf-8"))
 
 
-def new_key_block(secret: Secret, log2_n: int = SCRYPT_LOG2_N) -> tuple[KeyBlock, bytes]:
+def new_key_block(secret: Secret) -> tuple[KeyBlock, bytes]:
     """Make fresh encryption parameters for one file.
 
     Parameters
     ----------
     secret
-        The owner's key or passphrase.
-    log2_n
-        scrypt cost exponent for passphrases (ignored for keys).
+        The owner's key or passphrase (normalised to NFC before scrypt).
 
     Returns
     -------
@@ -199,12 +229,13 @@ def new_key_block(secret: Secret, log2_n: int = SCRYPT_LOG2_N) -> tuple[KeyBlock
     if secret.key is not None:
         return KeyBlock(KIND_KEY_FILE, key_id(secret.key), nonce), secret.key
     salt = os.urandom(SALT_BYTES)
-    key = _scrypt(secret.passphrase or "", salt, log2_n, SCRYPT_R, SCRYPT_P)
-    return KeyBlock(KIND_PASSPHRASE, key_id(key), nonce, salt, log2_n, SCRYPT_R, SCRYPT_P), key
+    key = _scrypt(passphrase_forms(secret.passphrase or "")[0], salt)
+    return KeyBlock(KIND_PASSPHRASE, key_id(key), nonce, salt, SCRYPT_LOG2_N, SCRYPT_R,
+                    SCRYPT_P), key
 
 
-def unlock(secret: Secret | None, block: KeyBlock, label: str) -> bytes:
-    """Return the AES key for a file, or explain in one line why ``secret`` cannot open it."""
+def _candidate_keys(secret: Secret | None, block: KeyBlock, label: str) -> list[bytes]:
+    """Keys ``secret`` may stand for in a file with ``block``, most likely first."""
     wanted = "--passphrase" if block.kind == KIND_PASSPHRASE else "--key KEYFILE"
     if secret is None:
         raise MicrocaeError(f"{label}: the file is encrypted; give {wanted}")
@@ -213,13 +244,53 @@ def unlock(secret: Secret | None, block: KeyBlock, label: str) -> bytes:
                             f"{'passphrase' if block.kind == KIND_PASSPHRASE else 'key file'}; "
                             f"give {wanted}")
     if secret.key is not None:
-        key = secret.key
-    else:
-        key = _scrypt(secret.passphrase or "", block.salt, block.log2_n, block.r, block.p)
-    if key_id(key) != block.key_id:
-        what = "passphrase" if block.kind == KIND_PASSPHRASE else "key"
-        raise MicrocaeError(f"{label}: wrong {what} (the file was encrypted with another one)")
-    return key
+        return [secret.key]
+    return [_scrypt(form, block.salt) for form in passphrase_forms(secret.passphrase or "")]
+
+
+def _authentic(key: bytes, nonce: bytes, ciphertext: bytes, header: bytes) -> bool:
+    try:
+        AESGCM(key).decrypt(nonce, ciphertext, header)
+    except InvalidTag:
+        return False
+    return True
+
+
+def unlock(secret: Secret | None, block: KeyBlock, label: str, header: bytes,
+           ciphertext: bytes) -> bytes:
+    """Return the AES key for a file, or explain in one line why ``secret`` cannot open it.
+
+    Parameters
+    ----------
+    secret
+        The key or passphrase given (None: none given).
+    block
+        The file's key block.
+    label
+        File name for messages.
+    header, ciphertext
+        The file's header (the associated data, ending with the key block) and sealed payload:
+        used only when the key id does not match, to tell a wrong secret from a damaged key id.
+
+    Raises
+    ------
+    MicrocaeError
+        No or the wrong kind of secret; a wrong key or passphrase; or the right key with a
+        damaged key-id field ("corrupt or tampered": the header authenticates once the key id
+        is restored).
+    """
+    keys = _candidate_keys(secret, block, label)
+    for key in keys:
+        if key_id(key) == block.key_id:
+            return key
+    restored = dataclasses.replace(block, key_id=key_id(keys[0])).to_bytes()
+    if _authentic(keys[0], block.nonce, ciphertext, header[:-KEY_BLOCK_BYTES] + restored):
+        raise MicrocaeError(f"{label}: corrupt or tampered header (the key id was changed; "
+                            "the key is right)")
+    if block.kind == KIND_PASSPHRASE:
+        raise MicrocaeError(f"{label}: wrong passphrase (the file was encrypted with another "
+                            "one, or its salt is damaged: the two cannot be told apart)")
+    raise MicrocaeError(f"{label}: wrong key (the file was encrypted with another one)")
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, header: bytes) -> bytes:

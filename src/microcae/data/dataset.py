@@ -6,6 +6,9 @@ A prepared set is a folder holding ``tiles.npy`` ((T, tile, tile) float32 in [0,
 image**, stratified by the sub-folder the image came from, so no test image contributes a tile
 to training. (The study split by tile, which lets neighbouring tiles of one micrograph fall on
 both sides.)
+
+``--overwrite`` only ever replaces a folder that holds a prepared set's three files and nothing
+else; any other folder or file at the output path is refused before any work starts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,22 @@ from tqdm import tqdm
 
 from microcae.data.images import Scaling, find_images, read_micrograph
 from microcae.data.tiling import Remainder, TileGrid, extract_tiles
+from microcae.util.atomic import (
+    TEMP_SUFFIX,
+    check_output_folder,
+    default_mode,
+    make_temp_folder,
+    output_error,
+    temp_prefix,
+)
 from microcae.util.errors import MicrocaeError
+from microcae.util.safe_json import loads_bounded
 
 DATASET_FORMAT = "microcae.dataset"
 DATASET_VERSION = 1
+SPLITS = ("train", "test")
+DATASET_FILES = frozenset({"tiles.npy", "manifest.json", "tiles.csv"})
+"""Everything a prepared set's folder holds."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -176,14 +190,17 @@ def prepare_dataset(
     Raises
     ------
     MicrocaeError
-        Unreadable inputs, no images, no image large enough for one tile, or an image missing
-        from ``split_like``.
+        Unreadable inputs, no images, no image large enough for one tile, an image missing
+        from ``split_like``, and (before any image is read) an output path that exists without
+        ``overwrite``, is not a prepared set, holds other files, or cannot be written.
     """
     out = Path(out)
     reference = load_dataset(split_like).manifest if split_like is not None else None
-    stride = stride or tile
-    if out.exists() and not overwrite:
-        raise MicrocaeError(f"{out}: already exists (use --overwrite to replace it)")
+    stride = tile if stride is None else stride
+    if tile < 1 or stride < 1:
+        raise MicrocaeError(f"tile ({tile}) and stride ({stride}) must be positive")
+    _check_replaceable(out, overwrite)
+    check_output_folder(out.parent)
     paths = find_images(inputs)
     base = input_root(inputs)
     sources: list[dict[str, Any]] = []
@@ -259,21 +276,61 @@ def _tiles_csv(records: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that a prepared set may not be written to.
+
+    A missing path is fine; an existing one must be a prepared set's folder holding nothing
+    but :data:`DATASET_FILES`, and ``overwrite`` must be given.
+
+    Raises
+    ------
+    MicrocaeError
+        One line naming ``out`` and the flag or the reason it is never replaced.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    never = "it is never replaced; choose another --out"
+    if out.is_symlink() or not out.is_dir():
+        raise MicrocaeError(f"{out}: exists and is not a prepared set's folder ({never})")
+    manifest = out / "manifest.json"
+    try:
+        is_set = manifest.is_file() and loads_bounded(manifest.read_bytes(), max_bytes=None
+                                                      ).get("format") == DATASET_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_set = False
+    if not is_set:
+        raise MicrocaeError(f"{out}: exists and is not a microcae prepared set ({never})")
+    others = sorted(p.name for p in out.iterdir() if p.name not in DATASET_FILES)
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise MicrocaeError(f"{out}: holds files microcae did not write ({others[0]}{more}); "
+                            f"{never}")
+    if not overwrite:
+        raise MicrocaeError(f"{out}: already exists (use --overwrite to replace it)")
+
+
 def _write_folder(out: Path, tiles: np.ndarray, manifest: dict[str, Any], overwrite: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """Write the set into a temporary sibling folder and rename it to ``out``.
+
+    An existing set (checked by :func:`_check_replaceable`) is renamed aside first and removed
+    after; temporaries carry microcae's pattern, so a killed run's are swept later.
+    """
+    staging = make_temp_folder(out)
     try:
         np.save(staging / "tiles.npy", tiles)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         (staging / "tiles.csv").write_text(_tiles_csv(manifest["tiles"]), encoding="utf-8")
+        os.chmod(staging, default_mode(folder=True))
         if out.exists() and overwrite:
-            retired = out.with_name(f".{out.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
+            retired = out.with_name(f"{temp_prefix(out.name)}old{TEMP_SUFFIX}")
             out.rename(retired)
             staging.rename(out)
-            shutil.rmtree(retired, ignore_errors=True)
+            shutil.rmtree(retired, ignore_errors=True)  # else swept by a later run
         else:
             staging.rename(out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise output_error(out, exc) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -293,13 +350,21 @@ def load_dataset(path: str | Path) -> PreparedSet:
         raise MicrocaeError(f"{path}: not a prepared data set (no manifest.json)")
     try:
         raw = manifest_path.read_bytes()
-        manifest = json.loads(raw)
+        manifest = loads_bounded(raw, max_bytes=None)
         tiles = np.load(path / "tiles.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise MicrocaeError(f"{path}: corrupt prepared data set ({exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise MicrocaeError(f"{path}: corrupt prepared data set ({reason})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != DATASET_FORMAT:
         raise MicrocaeError(f"{path}: not a microcae prepared data set")
+    records = manifest.get("tiles")
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("index"), int)
+        and 0 <= r["index"] < len(records) and r.get("split") in SPLITS for r in records
+    ):
+        raise MicrocaeError(f"{path}: corrupt prepared data set (bad tile records in "
+                            "manifest.json)")
     size = manifest.get("tile")
-    if tiles.dtype != np.float32 or tiles.shape != (len(manifest.get("tiles", [])), size, size):
+    if tiles.dtype != np.float32 or tiles.shape != (len(records), size, size):
         raise MicrocaeError(f"{path}: tiles.npy does not match manifest.json")
     return PreparedSet(path, tiles, manifest, hashlib.sha256(raw).hexdigest())

@@ -13,6 +13,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from microcae.util.errors import MicrocaeError, MicrocaeWarning
+from microcae.util.limits import check_image_size
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 """File name endings that :func:`find_images` treats as micrographs (case-insensitive)."""
@@ -85,6 +86,44 @@ def uint8_tile(tile: np.ndarray) -> Micrograph:
                       value_range=(0.0, 255.0), scaling="full")
 
 
+def _plane(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of an image array shape: 2-D, channel-last or channel-first with <= 4 channels."""
+    if len(shape) < 2:
+        return (1, int(np.prod(shape, dtype=np.int64)))
+    if len(shape) == 3 and shape[-1] <= 4:
+        return (int(shape[0]), int(shape[1]))
+    return (int(shape[-2]), int(shape[-1]))
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """Read a TIFF's first series after checking the size its tags claim."""
+    with tifffile.TiffFile(path) as tiff:
+        shape = tuple(int(n) for n in tiff.series[0].shape)
+        height, width = _plane(shape)
+        check_image_size(height, width, str(path), "the file claims ")
+        samples = int(np.prod(shape, dtype=np.int64))
+        if samples > 4 * height * width:
+            raise MicrocaeError(f"{path}: expected a 2-D greyscale or RGB image, the file holds "
+                                f"an array of shape {shape}")
+        return np.asarray(tiff.asarray())
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """Read a PNG, JPEG or BMP with Pillow after checking the size its header claims."""
+    with warnings.catch_warnings():  # the pixel limit below replaces Pillow's warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
+        width, height = image.size
+        check_image_size(height, width, str(path), "the file claims ")
+        image.load()
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif image.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(image, dtype=np.uint16)
+        return np.asarray(image)
+
+
 def _load_array(path: Path) -> np.ndarray:
     if not path.exists():
         raise MicrocaeError(f"{path}: no such file")
@@ -94,16 +133,14 @@ def _load_array(path: Path) -> np.ndarray:
         with open(path, "rb") as handle:
             magic = handle.read(4)
         if magic in TIFF_MAGIC:  # decide by content: files named .tiff may hold PNG bytes
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as image:
-            image.load()
-            if image.mode == "P":
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-            elif image.mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(image, dtype=np.uint16)
-            return np.asarray(image)
+            return _read_tiff(path)
+        return _read_pillow(path)
     except MicrocaeError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit: 2 * 89478485 pixels
+        raise MicrocaeError(f"{path}: the file claims too many pixels ({exc})") from None
+    except MemoryError:
+        raise MicrocaeError(f"{path}: not enough memory to read this image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise MicrocaeError(f"{path}: not a readable image ({reason})") from None

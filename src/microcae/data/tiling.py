@@ -106,18 +106,25 @@ def stitch_tiles(tiles: np.ndarray, grid: TileGrid) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        (H, W) float array of the original ``grid.image_shape``; pixels no tile covers
-        (``"drop"`` mode borders) are NaN.
+        (H, W) float64 array of the original ``grid.image_shape``; pixels no tile covers
+        (``"drop"`` mode borders) are NaN. Without overlap (stride == tile) the only array
+        allocated is the padded canvas (8 bytes per pixel).
     """
     if tiles.shape != (len(grid), grid.tile, grid.tile):
         raise ValueError(f"expected {(len(grid), grid.tile, grid.tile)} tiles, got {tiles.shape}")
+    height, width = grid.image_shape
+    size = grid.tile
+    if grid.stride == grid.tile:  # no overlap: place the tiles, no sum and weight arrays
+        placed = np.full(grid.padded_shape, np.nan, dtype=np.float64)
+        for (y, x), tile in zip(grid.positions, tiles, strict=True):
+            placed[y : y + size, x : x + size] = tile
+        placed += 0.0  # -0.0 becomes 0.0, as in the sum below: the same bits either way
+        return placed[:height, :width]
     total = np.zeros(grid.padded_shape, dtype=np.float64)
     weight = np.zeros(grid.padded_shape, dtype=np.float64)
-    size = grid.tile
     for (y, x), tile in zip(grid.positions, tiles, strict=True):
         total[y : y + size, x : x + size] += tile
         weight[y : y + size, x : x + size] += 1.0
     with np.errstate(invalid="ignore"):
         merged = total / weight
-    height, width = grid.image_shape
     return merged[:height, :width]

@@ -21,9 +21,7 @@ from safetensors.torch import load_file, save_file
 from microcae import __version__
 from microcae.util.atomic import atomic_path
 from microcae.util.errors import MicrocaeError
-
-MAX_METADATA_DEPTH = 64
-"""Deepest nesting of JSON accepted in a model file's metadata (deeper: corrupt or hostile)."""
+from microcae.util.safe_json import loads_bounded
 
 
 @dataclass(frozen=True)
@@ -50,31 +48,16 @@ class FileHeader:
         return self.metadata.get("format", "")
 
 
-def _depth(text: str) -> int:
-    """Deepest bracket nesting of a JSON text (brackets in strings count too: an upper bound)."""
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def parse_metadata_json(text: str, path: Path, what: str) -> Any:
-    """Parse one JSON metadata field, refusing nesting deeper than :data:`MAX_METADATA_DEPTH`.
+    """Parse one JSON metadata field with :func:`microcae.util.safe_json.loads_bounded`.
 
     Raises
     ------
     MicrocaeError
-        If the text is not JSON or nests too deeply (never ``RecursionError``).
+        If the text is not JSON, nests too deeply or is too large (never ``RecursionError``).
     """
-    if _depth(text) > MAX_METADATA_DEPTH:
-        raise MicrocaeError(f"{path}: corrupt model metadata ({what} nests deeper than "
-                            f"{MAX_METADATA_DEPTH} levels)")
     try:
-        return json.loads(text)
+        return loads_bounded(text)
     except (ValueError, TypeError) as exc:
         raise MicrocaeError(f"{path}: corrupt model metadata ({what}: {exc})") from None
 

@@ -1,4 +1,9 @@
-"""Micrograph files to latent files and back: the jobs behind ``microcae encode`` / ``decode``."""
+"""Micrograph files to latent files and back: the jobs behind ``microcae encode`` / ``decode``.
+
+Both jobs check every output before any work: an existing file is replaced only with
+``force``, an input never (decoding into the folder that holds the original micrographs must
+not silently swap them for their lossy decodes).
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,43 @@ from microcae.codec.crypto import Secret
 from microcae.codec.latent_files import encode_image, open_latent_file, render
 from microcae.data.images import find_images, read_micrograph
 from microcae.models.base import MicrocaeModel
-from microcae.util.atomic import atomic_path, write_bytes_atomic
-from microcae.util.errors import MicrocaeError
+from microcae.util.atomic import (
+    atomic_path,
+    check_output_files,
+    output_names,
+    write_bytes_atomic,
+)
+from microcae.util.limits import memory_guard
 
 
-def _unique_outputs(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    targets = [out_dir / f"{path.stem}{suffix}" for path in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets, strict=True):
-        if target in seen:
-            raise MicrocaeError(f"{source}: same output name {target.name} as {seen[target]}")
-        seen[target] = source
-    return targets
+def encode_targets(inputs: list[str | Path], out_dir: str | Path,
+                   force: bool = False) -> tuple[list[Path], list[Path]]:
+    """Find the images to encode and check their ``<stem>.mcl`` targets (nothing is read).
+
+    Returns
+    -------
+    images, targets
+        Input files and output files, in the same order.
+
+    Raises
+    ------
+    MicrocaeError
+        For missing inputs, colliding output names, and outputs that exist (without
+        ``force``), are inputs or cannot be written.
+    """
+    images = find_images(list(inputs))
+    targets = output_names(images, out_dir, SUFFIX)
+    check_output_files(targets, force, protected=images)
+    return images, targets
+
+
+def decode_targets(files: list[str | Path], out_dir: str | Path,
+                   force: bool = False) -> tuple[list[Path], list[Path]]:
+    """Find the latent files to decode and check their ``<stem>.png`` targets (see above)."""
+    paths = find_images(list(files), exclude=(), suffixes=(SUFFIX,), what=f"{SUFFIX} files")
+    targets = output_names(paths, out_dir, ".png")
+    check_output_files(targets, force, protected=paths)
+    return paths, targets
 
 
 def encode_files(
@@ -34,23 +64,31 @@ def encode_files(
     compress: bool = True,
     secret: Secret | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Encode images (files or folders) to ``<stem>.mcl`` files in ``out_dir``.
 
     Every image is encoded in memory first (latent files are small); files are written, each
     atomically, only when all inputs succeeded, so an error leaves nothing behind.
+    ``force`` allows replacing existing ``.mcl`` files (never an input).
 
     Returns
     -------
     list of Path
         The written files, in input order.
+
+    Raises
+    ------
+    MicrocaeError
+        Before any work, for an output that exists (without ``force``), is an input or cannot
+        be written; then for any unreadable image.
     """
-    images = find_images(list(inputs))
-    targets = _unique_outputs(images, Path(out_dir), SUFFIX)
-    blobs = [
-        encode_image(model, read_micrograph(path), latent_dtype, compress, secret)
-        for path in tqdm(images, desc="encode", unit="image", disable=not progress)
-    ]
+    images, targets = encode_targets(inputs, out_dir, force)
+    blobs = []
+    for path in tqdm(images, desc="encode", unit="image", disable=not progress):
+        with memory_guard(str(path)):
+            blobs.append(encode_image(model, read_micrograph(path), latent_dtype, compress,
+                                      secret))
     for target, blob in zip(targets, blobs, strict=True):
         write_bytes_atomic(target, blob)
     return targets
@@ -62,22 +100,30 @@ def decode_files(
     out_dir: str | Path,
     secret: Secret | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Decode latent files (or folders of ``.mcl`` files) to ``<stem>.png`` images in ``out_dir``.
 
     All files are read and verified (signature, checksum or authentication, key, decoder
-    fingerprint) before any image is written, so a bad file leaves nothing behind.
+    fingerprint) before any image is written, so a bad file leaves nothing behind. An existing
+    ``<stem>.png`` (often the original micrograph) is replaced only with ``force``.
 
     Returns
     -------
     list of Path
         The written PNG files, in input order.
+
+    Raises
+    ------
+    MicrocaeError
+        Before any work, for an output that exists (without ``force``), is an input or cannot
+        be written; then for any file that does not verify.
     """
-    paths = find_images(list(files), exclude=(), suffixes=(SUFFIX,), what=f"{SUFFIX} files")
-    targets = _unique_outputs(paths, Path(out_dir), ".png")
+    paths, targets = decode_targets(files, out_dir, force)
     verified = [open_latent_file(model, path.read_bytes(), str(path), secret) for path in paths]
-    for target, (header, latents) in tqdm(list(zip(targets, verified, strict=True)),
-                                          desc="decode", unit="file", disable=not progress):
-        with atomic_path(target) as tmp:
+    jobs = list(zip(paths, targets, verified, strict=True))
+    for path, target, (header, latents) in tqdm(jobs, desc="decode", unit="file",
+                                                disable=not progress):
+        with memory_guard(str(path)), atomic_path(target) as tmp:
             Image.fromarray(render(model, header, latents).stored).save(tmp, format="PNG")
     return targets

@@ -14,7 +14,8 @@ from microcae.data.images import read_micrograph, to_uint8
 from microcae.metrics.reconstruction import ReconstructionScores, reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.inference import reconstruct_micrograph
-from microcae.util.atomic import atomic_path
+from microcae.util.atomic import atomic_path, output_names
+from microcae.util.limits import memory_guard
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,20 @@ def save_png(pixels: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+RECONSTRUCTION_SUFFIX = ".reconstruction.png"
+
+
+def reconstruction_targets(paths: Sequence[Path], out_dir: str | Path) -> list[Path]:
+    """List the ``<stem>.reconstruction.png`` files :func:`reconstruct_files` writes, in order.
+
+    Raises
+    ------
+    MicrocaeError
+        If two inputs share a stem (their reconstructions would overwrite each other).
+    """
+    return output_names(paths, out_dir, RECONSTRUCTION_SUFFIX)
+
+
 def reconstruct_files(
     paths: Sequence[Path], model: CAE, out_dir: str | Path, progress: bool = True
 ) -> list[Reconstruction]:
@@ -45,10 +60,13 @@ def reconstruct_files(
     (before 8-bit rounding of the written PNG).
     """
     results = []
-    for path in tqdm(paths, desc="reconstruct", unit="image", disable=not progress):
-        micrograph = read_micrograph(path)
-        rebuilt = reconstruct_micrograph(model, micrograph.pixels)
-        save_png(rebuilt, Path(out_dir) / f"{Path(path).stem}.reconstruction.png")
+    targets = reconstruction_targets(paths, out_dir)
+    for path, target in tqdm(list(zip(paths, targets, strict=True)), desc="reconstruct",
+                             unit="image", disable=not progress):
+        with memory_guard(str(path)):
+            micrograph = read_micrograph(path)
+            rebuilt = reconstruct_micrograph(model, micrograph.pixels)
+        save_png(rebuilt, target)
         scores = reconstruction_scores(micrograph.pixels, rebuilt)
         results.append(Reconstruction(Path(path), micrograph.pixels, rebuilt, scores))
     return results

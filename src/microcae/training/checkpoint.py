@@ -18,6 +18,7 @@ from torch import nn
 
 from microcae.util.atomic import atomic_path
 from microcae.util.errors import MicrocaeError
+from microcae.util.safe_json import loads_bounded
 
 CHECKPOINT_FORMAT = "microcae.checkpoint"
 
@@ -73,8 +74,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam,
     if metadata.get("identity") != identity:
         raise MicrocaeError(f"{path}: checkpoint is of another run (different data, model or "
                             "settings)")
+    try:
+        steps, history = (loads_bounded(metadata[key]) for key in ("adam_steps", "history"))
+        epoch = int(metadata["epoch"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MicrocaeError(f"{path}: unreadable checkpoint ({exc})") from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    steps = json.loads(metadata["adam_steps"])
     state = optimizer.state_dict()
     state["state"] = {
         int(i): {"step": torch.tensor(step), "exp_avg": tensors[f"adam.{i}.exp_avg"],
@@ -82,4 +87,4 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Adam,
         for i, step in steps.items()
     }
     optimizer.load_state_dict(state)
-    return int(metadata["epoch"]), json.loads(metadata["history"])
+    return epoch, history

@@ -8,13 +8,10 @@ epoch), ``NAME.train.csv`` and ``NAME.train.json`` (the per-epoch log). The comm
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from microcae.util.atomic import write_text_atomic
-from microcae.util.errors import MicrocaeError
+from microcae.util.atomic import check_output_files, write_text_atomic
 from microcae.util.table_writer import csv_text
 
 
@@ -32,37 +29,15 @@ def output_files(out: Path) -> dict[str, Path]:
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, a model file that exists or a place that cannot be written.
 
-    Missing folders are not created here (the first write creates them); the nearest existing
-    one must take a new file. (To be replaced by the shared check of :mod:`microcae.util.atomic`.)
-
-    Parameters
-    ----------
-    out
-        The model file to write.
-    overwrite
-        Allow replacing an existing model file (``--force``).
+    :func:`microcae.util.atomic.check_output_files` on the model file: replacing a model with
+    ``overwrite`` (``--force``) only, since latent files made with it would no longer decode.
 
     Raises
     ------
     MicrocaeError
-        If ``out`` is a folder, exists without ``overwrite`` (latent files made with it would no
-        longer decode once it is replaced), or its folder cannot take a new file.
+        If ``out`` is a folder, exists without ``overwrite``, or its folder cannot take a file.
     """
-    if out.is_dir():
-        raise MicrocaeError(f"{out}: is a folder, not a model file")
-    if out.exists() and not overwrite:
-        raise MicrocaeError(f"{out}: already exists (use --force to replace it)")
-    folder = out.absolute().parent
-    try:
-        while not folder.exists():
-            folder = folder.parent
-        if not folder.is_dir():
-            raise MicrocaeError(f"{out}: cannot be written ({folder} is not a folder)")
-        handle, probe = tempfile.mkstemp(prefix=".microcae-probe.", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise MicrocaeError(f"{out}: cannot be written ({exc.strerror or exc})") from None
+    check_output_files([out], force=overwrite)
 
 
 def write_history(history: Sequence[dict[str, float]], csv_path: Path, json_path: Path) -> None:
