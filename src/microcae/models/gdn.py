@@ -57,35 +57,51 @@ def bound_ste(x: torch.Tensor, lo: float = float("-inf"), hi: float = float("inf
     return _BoundSTE.apply(x, lo, hi)
 
 
-class _FusedGDN(torch.autograd.Function):
-    """GDN on (P, C) rows with a hand-written backward that keeps only ``x`` and the factor.
+def _norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``beta + gamma · x²`` over the channel axis of rows (P, C) or columns (N, C, P)."""
+    if rows:
+        return torch.addmm(beta, x * x, gamma.t())
+    return torch.matmul(gamma, x * x).add_(beta[:, None])
 
-    Forward: ``f = rsqrt(x² @ gammaᵀ + beta)`` (``sqrt`` if inverse), ``y = x * f``. With
-    ``g = dy * x * df/dnorm`` (``-f³/2``, resp. ``1/(2f)``): ``dx = dy * f + 2 x (g @ gamma)``,
-    ``dgamma = gᵀ @ x²``, ``dbeta = sum(g)``.
+
+class _FusedGDN(torch.autograd.Function):
+    """GDN with a hand-written backward that keeps only ``x`` and the factor.
+
+    ``x`` is either rows (P, C) (the channels-last layout, ``rows=True``) or columns (N, C, P)
+    (the contiguous NCHW layout); the channel sums are one matmul either way, without copying
+    ``x``. Forward: ``f = rsqrt(beta + gamma · x²)`` (``sqrt`` if inverse), ``y = x * f``. With
+    ``g = dy * x * df/dnorm`` (``-f³/2``, resp. ``1/(2f)``): ``dx = dy * f + 2 x (gammaᵀ · g)``,
+    ``dgamma = sum g · (x²)ᵀ``, ``dbeta = sum g``.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, gamma: torch.Tensor,
-                beta: torch.Tensor, inverse: bool) -> torch.Tensor:
-        norm = torch.addmm(beta, x * x, gamma.t())
+                beta: torch.Tensor, inverse: bool, rows: bool) -> torch.Tensor:
+        norm = _norm(x, gamma, beta, rows)
         factor = norm.sqrt_() if inverse else norm.rsqrt_()
         ctx.save_for_backward(x, factor, gamma)
-        ctx.inverse = inverse
+        ctx.inverse, ctx.rows = inverse, rows
         return x * factor
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,
-                 dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None, None]:
         x, factor, gamma = ctx.saved_tensors
         if ctx.inverse:
             g = dy * x * 0.5 / factor
         else:
             g = dy * x * factor.pow(3) * -0.5
-        dx = torch.mm(g, gamma).mul_(x).mul_(2.0).addcmul_(dy, factor)
-        dgamma = torch.mm(g.t(), x * x) if ctx.needs_input_grad[1] else None
-        dbeta = g.sum(0) if ctx.needs_input_grad[2] else None
-        return dx, dgamma, dbeta, None
+        if ctx.rows:
+            dx = torch.mm(g, gamma)
+            dgamma = torch.mm(g.t(), x * x) if ctx.needs_input_grad[1] else None
+            dbeta = g.sum(0) if ctx.needs_input_grad[2] else None
+        else:
+            dx = torch.matmul(gamma.t(), g)
+            dgamma = (torch.matmul(g, (x * x).transpose(1, 2)).sum(0)
+                      if ctx.needs_input_grad[1] else None)
+            dbeta = g.sum((0, 2)) if ctx.needs_input_grad[2] else None
+        dx = dx.mul_(x).mul_(2.0).addcmul_(dy, factor)
+        return dx, dgamma, dbeta, None, None
 
 
 class GDN(nn.Module):
@@ -141,16 +157,25 @@ class GDN(nn.Module):
         Returns
         -------
         torch.Tensor
-            (N, C, H, W), same dtype. Real inputs take the fused path (:class:`_FusedGDN`, one
-            matmul over the channels of the channels-last layout; the output is channels-last);
-            complex inputs the plain 1×1 convolution of ``x * x`` (:meth:`reference`).
+            (N, C, H, W), same dtype and memory format. Real inputs take the fused path
+            (:class:`_FusedGDN`: one matmul over the channels in whichever layout ``x`` has,
+            in place without autograd); complex inputs the plain 1×1 convolution of ``x * x``
+            (:meth:`reference`).
         """
         if x.is_complex():
             return self.reference(x)
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels-last
-        out = _FusedGDN.apply(rows, self.gamma.to(x.dtype), self.beta.to(x.dtype), self.inverse)
-        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        rows = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        flat = x.permute(0, 2, 3, 1).reshape(-1, c) if rows else x.reshape(n, c, h * w)
+        gamma, beta = self.gamma.to(x.dtype), self.beta.to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):
+            out = _FusedGDN.apply(flat, gamma, beta, self.inverse, rows)
+        else:  # inference: two buffers, in place
+            norm = _norm(flat, gamma, beta, rows)
+            out = (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(flat)
+        if rows:
+            return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return out.reshape(n, c, h, w)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Unfused GDN: ``x * rsqrt(conv1x1(x * x, gamma) + beta)`` (or ``* sqrt`` if inverse).

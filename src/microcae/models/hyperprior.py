@@ -299,19 +299,21 @@ class IntConv2d(nn.Module):
         return round_ste(acc * self._scale(acc))
 
     @torch.no_grad()
-    def exact(self, u: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def exact(self, u: torch.Tensor, peak: bool = False) -> tuple[torch.Tensor, int]:
         """Inference path: integer arithmetic on integer-valued float64 and int64 tensors.
 
         Parameters
         ----------
         u
             (B, cin, h, w) int64 inputs.
+        peak
+            Also compute the largest ``sum |W| |u| + |B|`` over the outputs (it bounds every
+            partial sum of the dot products; for the float32 condition). Costs a second matmul.
 
         Returns
         -------
         tuple
-            (B, cout, h, w) int64 outputs, and the largest ``sum |W| |u| + |B|`` over the
-            outputs (bounds every partial sum of the dot products; for the float32 condition).
+            (B, cout, h, w) int64 outputs, and that peak (0 unless ``peak``).
         """
         weight = torch.round(self.weight.detach().double() * self.weight_scale)
         weight = weight.clamp(-self.weight_max, self.weight_max)
@@ -321,11 +323,14 @@ class IntConv2d(nn.Module):
         columns = nn.functional.unfold(u.double(), 3, padding=1)  # (B, 9 cin, h w), no arithmetic
         flat = weight.reshape(weight.shape[0], -1)
         acc = torch.matmul(flat, columns) + bias[None, :, None]  # exact: see IntegerHyperSynthesis
-        peak = torch.matmul(flat.abs(), columns.abs()) + bias.abs()[None, :, None]
+        bound = 0
+        if peak and acc.numel():
+            bound = int((torch.matmul(flat.abs(), columns.abs()) + bias.abs()[None, :, None])
+                        .max().item())
         acc = acc.to(torch.int64).reshape(b, -1, h, w)
         shift = torch.tensor(self.shift, dtype=torch.int64)[None, :, None, None]
         out = torch.bitwise_right_shift(acc + (1 << (shift - 1)), shift)
-        return out, int(peak.max().item()) if peak.numel() else 0
+        return out, bound
 
 
 class IntegerHyperSynthesis(nn.Module):
@@ -395,25 +400,28 @@ class IntegerHyperSynthesis(nn.Module):
         return mean, index
 
     @torch.no_grad()
-    def exact(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def exact(self, z_hat: torch.Tensor,
+              peak: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Inference path, exact (see the class notes).
 
         Parameters
         ----------
         z_hat
             (B, N, h, w) int64.
+        peak
+            Also report the peak accumulator bound (a second matmul per layer).
 
         Returns
         -------
         tuple
             means (B, M, 4h, 4w) int64, scale indices (B, M, 4h, 4w) int64, and the peak
-            accumulator magnitude over the three layers.
+            accumulator magnitude over the three layers (0 unless ``peak``).
         """
-        out, p1 = self.conv1.exact(z_hat)
+        out, p1 = self.conv1.exact(z_hat, peak)
         a = self.shuffle1(out.clamp(0, self.act_max))
-        out, p2 = self.conv2.exact(a)
+        out, p2 = self.conv2.exact(a, peak)
         a = self.shuffle2(out.clamp(0, self.act_max))
-        out, p3 = self.conv3.exact(a)
+        out, p3 = self.conv3.exact(a, peak)
         mean = out[:, : self.M].clamp(-self.mean_max, self.mean_max)
         index = out[:, self.M :].clamp(0, self.index_max)
         return mean.contiguous(), index.contiguous(), max(p1, p2, p3)
@@ -805,33 +813,37 @@ class HyperpriorCodec(nn.Module):
         return self._coders
 
     # ---------------------------------------------------------------- coding
-    def entropy_parameters(self, z_hat: torch.Tensor) -> dict[str, Any]:
+    def entropy_parameters(self, z_hat: torch.Tensor, peak: bool = False) -> dict[str, Any]:
         """Exact integer means and scale indices from integer ``ẑ`` (both coder sides call this).
 
         Parameters
         ----------
         z_hat
             (B, N, h, w) integer tensor (any integer or integer-valued dtype).
+        peak
+            Also compute ``peak`` (costs as much again).
 
         Returns
         -------
         dict
             ``mean`` (B, M, 4h, 4w) int64 in units of ``2**-mean_frac_bits``; ``index``
             (B, M, 4h, 4w) int64 in ``0 .. scale_levels - 1``; ``peak`` int, the largest
-            accumulator bound (the float32 training path is exact when ``peak + 2**(shift-1)
-            < 2**24``, see :class:`IntegerHyperSynthesis`).
+            accumulator bound if asked for, else 0 (the float32 training path is exact when
+            ``peak + 2**(shift-1) < 2**24``, see :class:`IntegerHyperSynthesis`).
         """
-        mean, index, peak = self.hyper_decoder.exact(z_hat.to(torch.int64).cpu())
-        return {"mean": mean, "index": index, "peak": peak}
+        mean, index, bound = self.hyper_decoder.exact(z_hat.to(torch.int64).cpu(), peak)
+        return {"mean": mean, "index": index, "peak": bound}
 
     @torch.no_grad()
-    def quantise(self, x: torch.Tensor) -> dict[str, Any]:
+    def quantise(self, x: torch.Tensor, peak: bool = False) -> dict[str, Any]:
         """Integer symbols of one image, as :meth:`compress` codes them.
 
         Parameters
         ----------
         x
             (1, 1, H, W) image in [0, 1].
+        peak
+            Also compute the hyper-synthesis' peak accumulator bound.
 
         Returns
         -------
@@ -842,11 +854,12 @@ class HyperpriorCodec(nn.Module):
         """
         if x.dim() != 4 or x.shape[:2] != (1, 1):
             raise ValueError(f"expected one (1, 1, H, W) image, got shape {tuple(x.shape)}")
-        y = self.encoder(pad_to_multiple(x.to(next(self.parameters()).dtype)))
+        x = pad_to_multiple(x.to(next(self.parameters()).dtype))
+        y = self.encoder(x.contiguous(memory_format=torch.channels_last))
         z = self.hyper_encoder(y)
         z_max = self.config.z_max
         z_hat = torch.floor(z.double() + 0.5).clamp(-z_max, z_max).to(torch.int64).cpu()
-        params = self.entropy_parameters(z_hat)
+        params = self.entropy_parameters(z_hat, peak)
         mean = params["mean"].double() * 2.0**-self.config.mean_frac_bits
         symbols = torch.floor(y.double().cpu() - mean + 0.5).clamp(VALUE_MIN, VALUE_MAX)
         return {"z": z_hat, "y": symbols.to(torch.int64), **params,
@@ -942,7 +955,8 @@ class HyperpriorCodec(nn.Module):
             raise MicrocaeError(f"corrupt header (image size {size} does not fit {h}x{w})")
         weight = next(self.decoder.parameters())
         y_hat = decoded["y"].double() + decoded["mean"].double() * 2.0**-self.config.mean_frac_bits
-        x_hat = self.decoder(y_hat.to(weight.device, weight.dtype))
+        y_hat = y_hat.to(weight.device, weight.dtype).contiguous(memory_format=torch.channels_last)
+        x_hat = self.decoder(y_hat)
         return {"x_hat": crop(x_hat, size).clamp(0.0, 1.0)}
 
     # ---------------------------------------------------------------- cost
