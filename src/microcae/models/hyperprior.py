@@ -124,7 +124,7 @@ class HyperpriorConfig:
                 and self.mean_frac_bits < self.weight_frac_bits):
             raise ValueError("every layer must shift right: need act/mean_frac_bits < "
                              "weight_frac_bits")
-        if not (1 <= self.weight_max < 1 << 20 and 0 <= self.bias_max < 1 << 40
+        if not (1 <= self.weight_max < 1 << 24 and 0 <= self.bias_max < 1 << 40
                 and 1 <= self.z_max <= VALUE_MAX):
             raise ValueError("weight_max, bias_max or z_max out of range")
         if not (0 < self.scale_min < self.scale_max <= 4096 and 2 <= self.scale_levels <= 1024):
@@ -625,8 +625,9 @@ def decode_stream(data: bytes, z_shape: tuple[int, int, int],
     Raises
     ------
     MicrocaeError
-        If the stream is not whole words, runs out, does not end in :data:`SENTINEL` or holds
-        data beyond it.
+        If the stream is not whole words, runs out or does not end in :data:`SENTINEL`, or if
+        it is not byte for byte the canonical stream of what it decodes to (re-encoded here,
+        about a tenth of the decoding time): so no damage, padding or appended data is accepted.
     """
     import constriction
 
@@ -674,7 +675,10 @@ def decode_stream(data: bytes, z_shape: tuple[int, int, int],
         raise MicrocaeError("corrupt payload (coded data beyond the end of the stream)")
     y = np.empty_like(grouped)
     y[order] = grouped
-    return z, y.reshape(index.shape)
+    y = y.reshape(index.shape)
+    if bytes(data) != encode_stream(z, y, index, z_tables, y_tables, coders):
+        raise MicrocaeError("corrupt payload (not the canonical coded stream of its symbols)")
+    return z, y
 
 
 class HyperpriorCodec(nn.Module):
@@ -854,6 +858,7 @@ class HyperpriorCodec(nn.Module):
         """
         if x.dim() != 4 or x.shape[:2] != (1, 1):
             raise ValueError(f"expected one (1, 1, H, W) image, got shape {tuple(x.shape)}")
+        size = tuple(x.shape[-2:])
         x = pad_to_multiple(x.to(next(self.parameters()).dtype))
         y = self.encoder(x.contiguous(memory_format=torch.channels_last))
         z = self.hyper_encoder(y)
@@ -863,7 +868,7 @@ class HyperpriorCodec(nn.Module):
         mean = params["mean"].double() * 2.0**-self.config.mean_frac_bits
         symbols = torch.floor(y.double().cpu() - mean + 0.5).clamp(VALUE_MIN, VALUE_MAX)
         return {"z": z_hat, "y": symbols.to(torch.int64), **params,
-                "shape": tuple(z_hat.shape[-2:]), "image_shape": tuple(x.shape[-2:])}
+                "shape": tuple(z_hat.shape[-2:]), "image_shape": size}
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> dict[str, Any]:
