@@ -325,6 +325,16 @@ def test_tables_survive_safetensors_and_broken_tables_are_refused(updated, tmp_p
     fresh.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("tables.")})
     fresh.load_tables(tensors)
     assert fresh.compress(x)["strings"] == updated.compress(x)["strings"]
+    # the stored integer weights are what both coder sides use, not the float parameters
+    for k, layer in enumerate(updated._int_layers(), start=1):
+        weight, bias = layer.integer_parameters()
+        assert torch.equal(tensors[f"tables.hyper.conv{k}.weight"].long(), weight)
+        assert torch.equal(bias, torch.floor(layer.bias.detach().double() * layer.bias_scale
+                                             + 0.5).long())
+    with torch.no_grad():
+        for p in fresh.hyper_decoder.parameters():
+            p.zero_()
+    assert fresh.compress(x)["strings"] == updated.compress(x)["strings"]
     broken = dict(tensors)
     broken["tables.y.freqs"] = broken["tables.y.freqs"].clone()
     broken["tables.y.freqs"][3, 0] += 1
@@ -332,6 +342,13 @@ def test_tables_survive_safetensors_and_broken_tables_are_refused(updated, tmp_p
         fresh.load_tables(broken)
     with pytest.raises(MicrocaeError, match="missing"):
         fresh.load_tables({k: v for k, v in tensors.items() if k != "tables.z.offsets"})
+    with pytest.raises(MicrocaeError, match="missing"):
+        fresh.load_tables({k: v for k, v in tensors.items() if k != "tables.hyper.conv2.bias"})
+    hostile = dict(tensors)
+    hostile["tables.hyper.conv1.weight"] = hostile["tables.hyper.conv1.weight"].clone()
+    hostile["tables.hyper.conv1.weight"][0, 0, 0, 0] = CFG.weight_max + 1
+    with pytest.raises(MicrocaeError, match="out of range"):
+        fresh.load_tables(hostile)
     with pytest.raises(MicrocaeError, match="no code tables"):
         HyperpriorCodec(CFG).compress(x)
 

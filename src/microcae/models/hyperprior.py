@@ -21,8 +21,10 @@ hyperprior built on Ballé et al., "Variational image compression with a scale h
 Coding (one range-coder stream, :func:`encode_stream`): the symbols of ``ẑ`` under the
 factorized prior's stored integer tables, then the symbols ``round(y - mean)`` of ``y``, each
 under the stored integer table of its scale index, then the escaped values, then a 32-bit
-sentinel. The decoder therefore needs only integers and stored integer tables to recover every
-symbol; only the final image synthesis is floating point. ``ŷ = symbol + mean``.
+sentinel. :meth:`HyperpriorCodec.update` builds the tables and freezes the hyper-synthesis'
+integer weights; both are stored as int32 tensors (:meth:`HyperpriorCodec.tables_tensors`). The
+decoder therefore needs only integers, stored integer tables and stored integer weights to
+recover every symbol; only the final image synthesis is floating point. ``ŷ = symbol + mean``.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class HyperpriorConfig:
     weight_max
         ``|W| <= weight_max`` (integers).
     bias_max
-        ``|B| <= bias_max`` for the integer biases (in accumulator units).
+        ``|B| <= bias_max`` for the integer biases (in accumulator units; below 2**31, they are
+        stored as int32).
     act_bits
         Hidden activations of the hyper-synthesis are integers in ``0 .. 2**act_bits - 1``
         (QReLU).
@@ -124,7 +127,7 @@ class HyperpriorConfig:
                 and self.mean_frac_bits < self.weight_frac_bits):
             raise ValueError("every layer must shift right: need act/mean_frac_bits < "
                              "weight_frac_bits")
-        if not (1 <= self.weight_max < 1 << 24 and 0 <= self.bias_max < 1 << 40
+        if not (1 <= self.weight_max < 1 << 24 and 0 <= self.bias_max < 1 << 31
                 and 1 <= self.z_max <= VALUE_MAX):
             raise ValueError("weight_max, bias_max or z_max out of range")
         if not (0 < self.scale_min < self.scale_max <= 4096 and 2 <= self.scale_levels <= 1024):
@@ -275,6 +278,38 @@ class IntConv2d(nn.Module):
         if len(shift) != cout or min(shift) < 1:
             raise ValueError("every output channel needs a right shift of at least 1")
         self.shift = tuple(shift)
+        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        """Integer (W, B) fixed by :meth:`freeze` (stored with the code tables), or None."""
+
+    def integer_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer weights (cout, cin, 3, 3) and biases (cout,), int64.
+
+        The frozen ones if :meth:`freeze` ran (or they were loaded), else derived from the float
+        parameters by ``clamp(floor(p * scale + 1/2))`` in float64 (exact operations, the rule
+        the training path applies).
+        """
+        if self.frozen is not None:
+            return self.frozen
+        with torch.no_grad():
+            weight = torch.floor(self.weight.double() * self.weight_scale + 0.5)
+            bias = torch.floor(self.bias.double() * self.bias_scale + 0.5)
+            return (weight.clamp(-self.weight_max, self.weight_max).to(torch.int64),
+                    bias.clamp(-self.bias_max, self.bias_max).to(torch.int64))
+
+    def freeze(self) -> None:
+        """Fix the integer parameters derived from the current float parameters."""
+        self.frozen = None
+        self.frozen = self.integer_parameters()
+
+    def load_integer_parameters(self, weight: torch.Tensor, bias: torch.Tensor,
+                                label: str) -> None:
+        """Set the frozen integers from stored int32 tensors, checking shapes and bounds."""
+        if (weight.dtype != torch.int32 or bias.dtype != torch.int32
+                or weight.shape != self.weight.shape or bias.shape != self.bias.shape):
+            raise MicrocaeError(f"{label}: integer hyper-synthesis parameters do not fit")
+        if (int(weight.abs().max()) > self.weight_max or int(bias.abs().max()) > self.bias_max):
+            raise MicrocaeError(f"{label}: integer hyper-synthesis parameters out of range")
+        self.frozen = (weight.to(torch.int64), bias.to(torch.int64))
 
     def int_weight(self) -> torch.Tensor:
         """(cout, cin, 3, 3) integer-valued float weights ``W`` (straight-through)."""
@@ -315,10 +350,7 @@ class IntConv2d(nn.Module):
         tuple
             (B, cout, h, w) int64 outputs, and that peak (0 unless ``peak``).
         """
-        weight = torch.round(self.weight.detach().double() * self.weight_scale)
-        weight = weight.clamp(-self.weight_max, self.weight_max)
-        bias = torch.round(self.bias.detach().double() * self.bias_scale)
-        bias = bias.clamp(-self.bias_max, self.bias_max)
+        weight, bias = (p.double() for p in self.integer_parameters())
         b, _, h, w = u.shape
         columns = nn.functional.unfold(u.double(), 3, padding=1)  # (B, 9 cin, h w), no arithmetic
         flat = weight.reshape(weight.shape[0], -1)
@@ -758,7 +790,11 @@ class HyperpriorCodec(nn.Module):
 
     # ---------------------------------------------------------------- tables
     def update(self, force: bool = True) -> bool:
-        """Build the integer code tables from ``z_prior`` and the scale table (float64, CPU).
+        """Build the integer code tables and freeze the integer hyper-synthesis (CPU).
+
+        The z tables come from ``z_prior`` (float64), the y tables from the scale table, and the
+        hyper-synthesis' integer weights and biases are fixed from its float parameters; all
+        are stored by :meth:`tables_tensors`, so decoding never recomputes them.
 
         Parameters
         ----------
@@ -774,16 +810,30 @@ class HyperpriorCodec(nn.Module):
             return False
         self.z_tables = factorized_tables(self.z_prior)
         self.y_tables = gaussian_tables(self.config.scales())
+        for layer in self._int_layers():
+            layer.freeze()
         self._coders = None
         return True
 
+    def _int_layers(self) -> list[IntConv2d]:
+        hyper = self.hyper_decoder
+        return [hyper.conv1, hyper.conv2, hyper.conv3]
+
     def tables_tensors(self) -> dict[str, torch.Tensor]:
-        """Return the code tables as int32 tensors ``tables.z.*``, ``tables.y.*`` (safetensors)."""
+        """Return the code tables and frozen integer weights as int32 tensors ``tables.*``.
+
+        Names: ``tables.z.{offsets,lengths,freqs}``, ``tables.y.{...}`` and
+        ``tables.hyper.conv{1,2,3}.{weight,bias}`` (for safetensors, next to the state dict).
+        """
         z_tables, y_tables = self._tables()
         out = {}
         for prefix, tables in (("tables.z.", z_tables), ("tables.y.", y_tables)):
             out.update({prefix + k.removeprefix("tables."): v
                         for k, v in tables.to_tensors().items()})
+        for k, layer in enumerate(self._int_layers(), start=1):
+            weight, bias = layer.integer_parameters()
+            out[f"tables.hyper.conv{k}.weight"] = weight.to(torch.int32).contiguous()
+            out[f"tables.hyper.conv{k}.bias"] = bias.to(torch.int32).contiguous()
         return out
 
     def load_tables(self, tensors: dict[str, torch.Tensor], label: str = "model") -> None:
@@ -803,6 +853,14 @@ class HyperpriorCodec(nn.Module):
                 raise MicrocaeError(f"{label}: {prefix}* tables have {tables.channels} rows, "
                                     f"expected {rows}")
             loaded.append(tables)
+        for k, layer in enumerate(self._int_layers(), start=1):
+            try:
+                weight = tensors[f"tables.hyper.conv{k}.weight"]
+                bias = tensors[f"tables.hyper.conv{k}.bias"]
+            except KeyError as exc:
+                raise MicrocaeError(f"{label}: integer hyper-synthesis missing ({exc.args[0]})"
+                                    ) from None
+            layer.load_integer_parameters(weight, bias, label)
         self.z_tables, self.y_tables = loaded
         self._coders = None
 
