@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 
-def median_time(step, repeats: int) -> float:  # noqa: ANN001
+def median_time(step: Callable[[], object], repeats: int) -> float:
     """Median seconds of ``step()`` over ``repeats`` calls after one warm-up."""
     step()
     times = []

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -631,7 +632,8 @@ _DECODER_ERRORS = (ValueError, RuntimeError, AssertionError, OverflowError, Type
 
 
 def decode_stream(data: bytes, z_shape: tuple[int, int, int],
-                  y_index: Any, z_tables: EntropyTables, y_tables: EntropyTables,
+                  y_index: Callable[[np.ndarray], np.ndarray], z_tables: EntropyTables,
+                  y_tables: EntropyTables,
                   coders: Coders | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Invert :func:`encode_stream`.
 
@@ -1052,7 +1054,7 @@ class HyperpriorCodec(nn.Module):
 
 
 @contextmanager
-def _counting_macs(module: nn.Module) -> Any:
+def _counting_macs(module: nn.Module) -> Iterator[list[int]]:
     """Count MACs of the convolutions and GDNs inside ``module`` while the context is open."""
     counter = [0]
 
