@@ -94,6 +94,9 @@ class HyperpriorConfig:
         A hidden activation ``a`` stands for ``a / 2**act_frac_bits``.
     mean_frac_bits
         Means are integers in units of ``2**-mean_frac_bits``.
+    index_gain_bits
+        The scale head's real output ``v`` gives the index ``round(v * 2**index_gain_bits)``
+        (so its float parameters move the index ``2**index_gain_bits`` times faster).
     z_max
         ``ẑ`` is rounded and clamped to ``-z_max .. z_max``.
     scale_min, scale_max, scale_levels
@@ -109,6 +112,7 @@ class HyperpriorConfig:
     act_bits: int = 8
     act_frac_bits: int = 4
     mean_frac_bits: int = 4
+    index_gain_bits: int = 4
     z_max: int = 1023
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -116,18 +120,22 @@ class HyperpriorConfig:
 
     def __post_init__(self) -> None:
         for name in ("N", "M", "weight_frac_bits", "weight_max", "bias_max", "act_bits",
-                     "act_frac_bits", "mean_frac_bits", "z_max", "scale_levels"):
+                     "act_frac_bits", "mean_frac_bits", "index_gain_bits", "z_max",
+                     "scale_levels"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be an int, got {getattr(self, name)!r}")
         if not (1 <= self.N <= 1024 and 2 <= self.M <= 1024):
             raise ValueError(f"N and M must lie in 1..1024 and 2..1024, got {self.N}, {self.M}")
         if not (1 <= self.weight_frac_bits <= 16 and 1 <= self.act_bits <= 16
-                and 0 <= self.act_frac_bits <= 8 and 0 <= self.mean_frac_bits <= 8):
+                and 0 <= self.act_frac_bits <= 8 and 0 <= self.mean_frac_bits <= 8
+                and 0 <= self.index_gain_bits <= 8):
             raise ValueError("integer-network bit widths out of range")
         if not (self.act_frac_bits < self.weight_frac_bits
-                and self.mean_frac_bits < self.weight_frac_bits):
-            raise ValueError("every layer must shift right: need act/mean_frac_bits < "
-                             "weight_frac_bits")
+                and max(self.mean_frac_bits, self.index_gain_bits)
+                < self.weight_frac_bits + self.act_frac_bits):
+            raise ValueError("every layer must shift right: need act_frac_bits < "
+                             "weight_frac_bits and mean_frac_bits, index_gain_bits < "
+                             "weight_frac_bits + act_frac_bits")
         if not (1 <= self.weight_max < 1 << 24 and 0 <= self.bias_max < 1 << 31
                 and 1 <= self.z_max <= VALUE_MAX):
             raise ValueError("weight_max, bias_max or z_max out of range")
@@ -373,7 +381,8 @@ class IntegerHyperSynthesis(nn.Module):
     ``0 .. 2**act_bits - 1``): IntConv 3×3 N → 4·M, PixelShuffle(2), Q; IntConv 3×3 M → 4·(3M/2),
     PixelShuffle(2), Q; IntConv 3×3 3M/2 → 2M, whose first M channels are the means (integers in
     units of ``2**-mean_frac_bits``, clamped to ±2**(15 + mean_frac_bits)) and last M channels the
-    scale indices (clamped to ``0 .. scale_levels - 1``).
+    scale indices (``2**index_gain_bits`` times the real output, rounded and clamped to
+    ``0 .. scale_levels - 1``).
 
     Notes
     -----
@@ -406,11 +415,16 @@ class IntegerHyperSynthesis(nn.Module):
         self.shuffle1 = nn.PixelShuffle(2)
         self.conv2 = IntConv2d(h1, 4 * h2, fa, [fa] * (4 * h2), config)
         self.shuffle2 = nn.PixelShuffle(2)
-        self.conv3 = IntConv2d(h2, 2 * m, fa, [fm] * m + [0] * m, config)
-        with torch.no_grad():  # start the scale indices near scale 1
+        gain = config.index_gain_bits
+        self.conv3 = IntConv2d(h2, 2 * m, fa, [fm] * m + [gain] * m, config)
+        with torch.no_grad():
+            # hidden units start active (QReLU would zero nearly all of them at ẑ = 0) ...
+            self.conv1.bias.uniform_(0.25, 1.0)
+            self.conv2.bias.uniform_(0.25, 1.0)
+            # ... and the scale indices near scale 1 (index = 2**gain (w·x + b))
             start = math.log(1.0 / config.scale_min) / math.log(config.scale_max /
                                                                    config.scale_min)
-            self.conv3.bias[m:] += start * self.index_max  # index = w·x + b (frac 0)
+            self.conv3.bias[m:] += start * self.index_max / 2**gain
 
     def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training path (float32, straight-through rounding and clamping).
