@@ -60,7 +60,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
-    from microcae.runtime import configure_allocator, to_channels_last
+    from microcae.util.runtime import configure_allocator, to_channels_last
 
     allocator = False if args.no_allocator else configure_allocator()
     torch.manual_seed(0)

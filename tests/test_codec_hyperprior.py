@@ -18,7 +18,7 @@ from conftest import synthetic_micrograph
 from scipy import stats
 
 import microcae
-from microcae.errors import MicrocaeError
+from microcae.entropy.code_tables import TAIL_MASS, TOTAL, VALUE_MAX, VALUE_MIN
 from microcae.models.gdn import GDN, PEDESTAL
 from microcae.models.hyperprior import (
     FLOAT32_EXACT_LIMIT,
@@ -30,7 +30,7 @@ from microcae.models.hyperprior import (
     gaussian_tables,
     pad_to_multiple,
 )
-from microcae.rd.tables import TAIL_MASS, TOTAL, VALUE_MAX, VALUE_MIN
+from microcae.util.errors import MicrocaeError
 
 GENERATE_EXPECTED = os.environ.get("MICROCAE_GENERATE_EXPECTED") == "1"
 EXPECTED = Path(__file__).parent / "expected" / "codec_hyperprior.json"

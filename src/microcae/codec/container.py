@@ -58,7 +58,14 @@ ZSTD_MAX_RATIO = 1 << 15
 ENTROPY = "entropy"
 """Latent coding of RD models: integer latents range-coded with the model's stored tables
 (:mod:`microcae.entropy.range_coder`); the payload's size depends on the content."""
-_DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3, ENTROPY: 4}
+STREAM = "stream"
+"""Latent coding of whole-image codecs (:class:`~microcae.models.hyperprior.HyperpriorCodec`):
+the payload is the model's own range-coded stream of the whole image; the header's tile is the
+padding unit (:data:`STREAM_UNIT`), so the grid counts the hyper-latent positions."""
+STREAM_UNIT = 64
+STREAM_SIDE = 4
+"""Latent side per padding unit of a stream file (the analysis transform strides by 16)."""
+_DTYPE_CODES = {"float32": 1, "float16": 2, "uint8": 3, ENTROPY: 4, STREAM: 5}
 _SCALING_CODES = {"full": 1, "range": 2}
 _SOURCE_CODES = {
     name: code
@@ -204,8 +211,8 @@ def write_container(
     bytes
         The complete file.
     """
-    if latent_dtype not in _DTYPE_CODES:
-        raise ValueError(f"unknown latent dtype {latent_dtype!r}")
+    if latent_dtype not in _DTYPE_CODES or latent_dtype == STREAM:
+        raise ValueError(f"unknown latent dtype {latent_dtype!r} (streams: write_stream)")
     if latent_dtype == ENTROPY and (tables is None or compress):
         raise ValueError("entropy coding needs the model's tables and no zstd stage")
     if source.scaling not in _SCALING_CODES:
@@ -222,10 +229,41 @@ def write_container(
         body = quantise(latents, latent_dtype)
     if compress:
         body = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
+    return _seal(body, source, tile, latents.shape[1], latents.shape[2], latent_dtype, compress,
+                 fingerprint, secret)
+
+
+def write_stream(stream: bytes, source: SourceInfo, channels: int, fingerprint: str,
+                 secret: crypto.Secret | None = None) -> bytes:
+    """Serialise a whole-image codec's coded stream into a latent file (latent dtype ``stream``).
+
+    Parameters
+    ----------
+    stream
+        The model's ``compress(x)["strings"]`` for the image of ``source.shape``.
+    source
+        The original image's shape, dtype and scaling.
+    channels
+        Latent channels of the model (recorded, and checked against the decoder).
+    fingerprint
+        64 hex characters: the model's :meth:`~microcae.models.base.MicrocaeModel.fingerprint`.
+    secret
+        Encrypt with this key or passphrase (AES-256-GCM, header as associated data).
+    """
+    if source.scaling not in _SCALING_CODES:
+        raise ValueError(f"unknown scaling {source.scaling!r}")
+    return _seal(bytes(stream), source, STREAM_UNIT, channels, STREAM_SIDE, STREAM, False,
+                 fingerprint, secret)
+
+
+def _seal(body: bytes, source: SourceInfo, tile: int, channels: int, side: int,
+          latent_dtype: str, compress: bool, fingerprint: str,
+          secret: crypto.Secret | None) -> bytes:
+    """Header + payload, then the CRC-32 or (encrypted) the AES-GCM seal over both."""
     block, key = crypto.new_key_block(secret) if secret is not None else (None, b"")
     stored = len(body) + (crypto.TAG_BYTES if block else 0)
     header = LatentHeader(
-        source=source, tile=tile, latent_channels=latents.shape[1], latent_side=latents.shape[2],
+        source=source, tile=tile, latent_channels=channels, latent_side=side,
         latent_dtype=latent_dtype, compressed=compress, fingerprint=fingerprint,
         key_block=block, payload_bytes=stored,
     )
@@ -298,7 +336,13 @@ def parse_header(data: bytes, label: str) -> LatentHeader:
         payload_bytes=payload,
     )
     tag = crypto.TAG_BYTES if encrypted else 0
-    if header.latent_dtype == ENTROPY:
+    if header.latent_dtype == STREAM:
+        values = int(np.prod(header.latent_shape, dtype=np.int64))
+        _check(tile == STREAM_UNIT and side == STREAM_SIDE and not header.compressed, label,
+               "stream geometry or flags")
+        _check(tag <= payload <= 8 * values + 64 + tag, label,
+               f"payload length {payload} is more than {values} latents can need")
+    elif header.latent_dtype == ENTROPY:
         values = int(np.prod(header.latent_shape, dtype=np.int64))
         _check(4 * values <= MAX_PAYLOAD, label, f"{values} latents is implausibly many")
         _check(not header.compressed, label, "zstd flag on entropy-coded latents")
@@ -390,6 +434,9 @@ def unpack(header: LatentHeader, body: bytes, label: str,
     MicrocaeError
         If the body is corrupt, or the file is entropy-coded and no tables are given.
     """
+    if header.latent_dtype == STREAM:
+        raise MicrocaeError(f"{label}: a whole-image stream; decode it with its model "
+                            "(microcae.codec.decode_bytes)")
     if header.latent_dtype != ENTROPY:
         return dequantise(body, header.latent_dtype, header.latent_shape, label)
     if tables is None:

@@ -17,16 +17,23 @@ import torch
 
 from microcae.codec.container import (
     ENTROPY,
+    STREAM,
     LatentHeader,
     SourceInfo,
     unpack,
     unseal,
     write_container,
+    write_stream,
 )
 from microcae.codec.crypto import Secret
 from microcae.data.images import Micrograph
 from microcae.models.base import MicrocaeModel
-from microcae.models.inference import decode_latents, encode_micrograph
+from microcae.models.inference import (
+    compress_whole,
+    decode_latents,
+    decompress_whole,
+    encode_micrograph,
+)
 from microcae.util.errors import MicrocaeError
 
 DECODE_BATCH = 4
@@ -52,7 +59,10 @@ class DecodedImage:
 
 
 def default_dtype(model: MicrocaeModel) -> str:
-    """Latent storage a model encodes with by default: ``"entropy"`` for RD models, else uint8."""
+    """Latent storage a model encodes with by default (:attr:`~MicrocaeModel.latent_coding`).
+
+    ``"stream"`` for whole-image codecs, ``"entropy"`` for RD models, ``"uint8"`` for the CAE.
+    """
     return model.latent_coding
 
 
@@ -84,6 +94,14 @@ def encode_image(
     tile
         Tile side in pixels, a multiple of ``model.downsample``.
     """
+    source = SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
+                        micrograph.value_range)
+    if model.latent_coding == STREAM:
+        if latent_dtype not in (None, STREAM):
+            raise MicrocaeError(f"--dtype {latent_dtype} does not apply to {model.kind} models "
+                                "(they code whole images into one stream)")
+        return write_stream(compress_whole(model, micrograph.pixels), source,
+                            model.latent_channels, model.fingerprint(), secret)
     latent_dtype = latent_dtype or default_dtype(model)
     entropy = latent_dtype == ENTROPY
     if entropy and model.latent_coding != ENTROPY:
@@ -91,8 +109,6 @@ def encode_image(
     if tile % model.downsample:
         raise MicrocaeError(f"tile {tile} is not a multiple of {model.downsample}")
     latents, _ = encode_micrograph(model, micrograph.pixels, tile=tile)
-    source = SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
-                        micrograph.value_range)
     return write_container(latents, source, tile, model.fingerprint(), latent_dtype,
                            compress and not entropy, secret,
                            model.tables if entropy else None)
@@ -100,13 +116,14 @@ def encode_image(
 
 def open_latent_file(
     model: MicrocaeModel, data: bytes, label: str, secret: Secret | None = None
-) -> tuple[LatentHeader, np.ndarray]:
+) -> tuple[LatentHeader, np.ndarray | bytes]:
     """Verify a latent file's bytes against ``model`` and return its header and latents.
 
     Returns
     -------
     header, latents
-        The header and (T, C, h, w) float32 latents.
+        The header and (T, C, h, w) float32 latents, or the coded stream (bytes) of a
+        whole-image codec's file.
 
     Raises
     ------
@@ -123,8 +140,10 @@ def open_latent_file(
         )
     if header.latent_channels != model.latent_channels or (
         header.tile != header.latent_side * model.downsample
-    ):
+    ) or (header.latent_dtype == STREAM) != (model.latent_coding == STREAM):
         raise MicrocaeError(f"{label}: corrupt header (latent shape does not fit the decoder)")
+    if header.latent_dtype == STREAM:
+        return header, body
     tables = model.tables if model.latent_coding == ENTROPY else None
     return header, unpack(header, body, label, tables)
 
@@ -152,10 +171,14 @@ def to_stored_units(pixels: np.ndarray, source: SourceInfo) -> np.ndarray:
     return np.rint(pixels * 65535.0).astype(np.uint16)
 
 
-def render(model: MicrocaeModel, header: LatentHeader, latents: np.ndarray) -> DecodedImage:
+def render(model: MicrocaeModel, header: LatentHeader,
+           latents: np.ndarray | bytes) -> DecodedImage:
     """Decode verified latents (from :func:`open_latent_file`) to an image of the original shape."""
-    pixels = np.clip(decode_latents(model, latents, header.grid, torch.float64, DECODE_BATCH),
-                     0.0, 1.0)
+    if header.latent_dtype == STREAM:
+        pixels = decompress_whole(model, bytes(latents), header.source.shape)
+    else:
+        pixels = decode_latents(model, latents, header.grid, torch.float64, DECODE_BATCH)
+    pixels = np.clip(pixels, 0.0, 1.0)
     return DecodedImage(pixels.astype(np.float32), to_stored_units(pixels, header.source), header)
 
 

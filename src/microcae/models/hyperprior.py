@@ -11,7 +11,7 @@ hyperprior built on Ballé et al., "Variational image compression with a scale h
   channels followed by ``PixelShuffle(2)`` (sub-pixel convolution; a 3×3 sub-pixel layer can
   represent any 5×5 stride-2 transposed convolution and runs much faster on CPUs);
 * ``hyper_encoder``: conv 3×3, ReLU, conv 5×5 s2, ReLU, conv 5×5 s2 (M → N → N → N), so z has
-  stride 64; ``z_prior``: a factorized prior (:class:`microcae.rd.entropy_model.FactorizedPrior`);
+  stride 64; ``z_prior``: a factorized prior (:class:`microcae.entropy.factorized.FactorizedPrior`);
 * ``hyper_decoder``: an **integer network** (Ballé, Johnston & Minnen, "Integer networks for data
   compression with latent-variable models", ICLR 2019), see :class:`IntegerHyperSynthesis`. From
   the integer ``ẑ`` it computes, exactly and identically on every machine, an integer mean of
@@ -41,10 +41,7 @@ import torch
 from scipy import special
 from torch import nn
 
-from microcae.errors import MicrocaeError
-from microcae.models.gdn import GDN, bound_ste
-from microcae.rd.entropy_model import LIKELIHOOD_FLOOR, FactorizedPrior
-from microcae.rd.tables import (
+from microcae.entropy.code_tables import (
     MAX_SYMBOLS,
     TAIL_MASS,
     TOTAL,
@@ -55,6 +52,10 @@ from microcae.rd.tables import (
     quantise_pmf,
     validate,
 )
+from microcae.entropy.factorized import LIKELIHOOD_FLOOR, FactorizedPrior
+from microcae.models.base import MicrocaeModel
+from microcae.models.gdn import GDN, bound_ste
+from microcae.util.errors import MicrocaeError
 
 STRIDE = 64
 """Total stride of ``z``: images are padded to multiples of this."""
@@ -490,9 +491,10 @@ def gaussian_tables(scales: np.ndarray) -> EntropyTables:
     """Integer code tables of zero-mean quantised Gaussians, one row per scale.
 
     Row ``i`` codes symbols ``-T_i .. T_i`` (``T_i`` the smallest integer whose two tails beyond
-    ``± (T_i + 1/2)`` carry at most :data:`~microcae.rd.tables.TAIL_MASS`) as in
-    :mod:`microcae.rd.tables`, plus the escape symbol with the remaining mass; frequencies by
-    :func:`~microcae.rd.tables.quantise_pmf` (each >= 1, rows summing to ``2**16``).
+    ``± (T_i + 1/2)`` carry at most :data:`~microcae.entropy.code_tables.TAIL_MASS`) as in
+    :mod:`microcae.entropy.code_tables`, plus the escape symbol with the remaining mass;
+    frequencies by :func:`~microcae.entropy.code_tables.quantise_pmf` (each >= 1, rows summing
+    to ``2**16``).
 
     Parameters
     ----------
@@ -527,7 +529,7 @@ def _stack_tables(offsets: list[int], rows: list[np.ndarray]) -> EntropyTables:
 
 
 def factorized_tables(prior: FactorizedPrior, chunk: int = 16) -> EntropyTables:
-    """:func:`~microcae.rd.tables.build_tables` of ``prior``, ``chunk`` channels at a time.
+    """Return :func:`~microcae.entropy.code_tables.build_tables` of ``prior``, ``chunk`` at a time.
 
     Same tables as one call on the whole prior, with memory bounded by ``chunk`` channels.
     """
@@ -729,8 +731,11 @@ def decode_stream(data: bytes, z_shape: tuple[int, int, int],
     return z, y
 
 
-class HyperpriorCodec(nn.Module):
+class HyperpriorCodec(MicrocaeModel):
     """Mean-scale hyperprior codec for (1, 1, H, W) greyscale images in [0, 1].
+
+    microcae's own codec and the default of ``microcae encode``: whole images (no tiles), one
+    range-coded stream per image, decoded from integers only.
 
     Parameters
     ----------
@@ -744,6 +749,10 @@ class HyperpriorCodec(nn.Module):
     z_tables, y_tables
         Integer code tables (None until :meth:`update` or :meth:`load_tables`).
     """
+
+    kind = "microcae.hyperprior"
+    config_type = HyperpriorConfig
+    latent_coding = "stream"
 
     def __init__(self, config: HyperpriorConfig | None = None) -> None:
         super().__init__()
@@ -759,6 +768,29 @@ class HyperpriorCodec(nn.Module):
         scales = self.config.scales()
         self._log_scale_min = math.log(scales[0])
         self._log_scale_step = math.log(scales[-1] / scales[0]) / (len(scales) - 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """State for copying: the cached range-coder models are rebuilt on demand, not copied."""
+        state = super().__getstate__()
+        return {**state, "_coders": None}
+
+    @property
+    def downsample(self) -> int:
+        """Factor from image side to latent ``y`` side (16); whole images pad to 64."""
+        return STRIDE // 4
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels M of the latent ``y``."""
+        return self.config.M
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Return the code tables and frozen integer hyper-synthesis (:meth:`tables_tensors`)."""
+        return self.tables_tensors()
+
+    def load_stored_tensors(self, tensors: dict[str, torch.Tensor], label: str) -> None:
+        """Restore them from a model file's tensors (:meth:`load_tables`)."""
+        self.load_tables(tensors, label)
 
     # ---------------------------------------------------------------- training
     def scale_of(self, index: torch.Tensor) -> torch.Tensor:
@@ -1034,7 +1066,8 @@ class HyperpriorCodec(nn.Module):
             raise MicrocaeError(f"corrupt header (image size {size} does not fit {h}x{w})")
         weight = next(self.decoder.parameters())
         y_hat = decoded["y"].double() + decoded["mean"].double() * 2.0**-self.config.mean_frac_bits
-        y_hat = y_hat.to(weight.device, weight.dtype).contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if weight.dtype == torch.float32 else torch.contiguous_format
+        y_hat = y_hat.to(weight.device, weight.dtype).contiguous(memory_format=layout)
         x_hat = self.decoder(y_hat)
         return {"x_hat": crop(x_hat, size).clamp(0.0, 1.0)}
 

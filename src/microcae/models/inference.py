@@ -124,3 +124,36 @@ def reconstruct_micrograph(
         coded = coding.compress(to_channels_last(batch))["latents"]
         parts.append(coded.float().contiguous().numpy())
     return decode_latents(model, np.concatenate(parts), grid, batch_size=batch_size)
+
+
+@torch.no_grad()
+def compress_whole(model: MicrocaeModel, pixels: np.ndarray) -> bytes:
+    """Code a whole (H, W) image in [0, 1] with a stream model (no tiles, no seams).
+
+    The analysis transform runs in float32 channels-last on a private copy; the coded stream
+    depends only on the integers it produces.
+    """
+    coding = inference_copy(model)
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    return coding.compress(to_channels_last(x))["strings"]
+
+
+@torch.no_grad()
+def decompress_whole(model: MicrocaeModel, stream: bytes, shape: tuple[int, int],
+                     dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """Decode a stream model's coded whole image of shape (H, W) = ``shape``.
+
+    The entropy decoding uses integers only; the synthesis runs in ``dtype`` (float64 on NCHW
+    tensors by default: bits independent of thread count, as for tiled files).
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) image in [0, 1], ``dtype``'s NumPy type.
+    """
+    fast = dtype == torch.float32
+    decoding = inference_copy(model, dtype, channels_last=fast)
+    side = model.downsample * 4
+    grid = (-(-shape[0] // side), -(-shape[1] // side))
+    x_hat = decoding.decompress(stream, grid, tuple(shape))["x_hat"]
+    return x_hat[0, 0].contiguous().numpy()

@@ -24,12 +24,14 @@ from microcae.models.files import (
     read_tensors,
     write_model_file,
 )
+from microcae.models.hyperprior import HyperpriorCodec
 from microcae.models.rdcae import RDCAE
 from microcae.util.errors import MicrocaeError
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
-MODEL_KINDS: dict[str, type[MicrocaeModel]] = {cls.kind: cls for cls in (CAE, RDCAE)}
+MODEL_KINDS: dict[str, type[MicrocaeModel]] = {
+    cls.kind: cls for cls in (CAE, RDCAE, HyperpriorCodec)}
 """File ``format`` -> model class."""
 
 BUNDLED: dict[str, Path] = {

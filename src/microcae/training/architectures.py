@@ -15,6 +15,7 @@ from typing import Any
 from microcae.models import rdcae
 from microcae.models.base import MicrocaeModel
 from microcae.models.cae import CAEConfig
+from microcae.models.hyperprior import HyperpriorConfig
 from microcae.models.registry import MODEL_KINDS
 from microcae.training.objectives import MSEObjective, Objective, RateDistortionObjective
 from microcae.training.settings import TrainSettings
@@ -87,5 +88,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "rd-wide": Architecture("microcae.rdcae", rdcae.RDConfig(rdcae.ARCHITECTURES["wide"]),
                             "64-channel stages, latent 16×16×32, + entropy model, "
                             "rate–distortion", **_RD),
+    "codec": Architecture("microcae.hyperprior", HyperpriorConfig(N=64, M=96),
+                          "microcae's codec: GDN transforms + mean-scale hyperprior with an "
+                          "integer hyper-synthesis, whole images, rate–distortion", **_RD),
 }
 """Architectures by ``--arch`` name (the first is the default)."""
