@@ -8,8 +8,6 @@ import click
 
 from microcae.cli.options import model_option, out_dir_option, progress_option
 from microcae.cli.secret_options import passphrase_option, resolve_secret
-from microcae.models.rdcae import load_codec_model
-from microcae.pipelines.latent_files import decode_files
 
 
 @click.command("decode")
@@ -23,6 +21,9 @@ from microcae.pipelines.latent_files import decode_files
 def command(files: tuple[Path, ...], model_path: Path | None, out_dir: Path,
             key_file: Path | None, passphrase: bool, progress: bool) -> None:
     """Decode latent FILES (or folders of .mcl files) into PNGs in OUT; nothing on error."""
+    from microcae.models.rdcae import load_codec_model
+    from microcae.pipelines.latent_files import decode_files
+
     secret = resolve_secret(key_file, passphrase, confirm=False)
     model = load_codec_model(model_path)
     written = decode_files(model, list(files), out_dir, secret, progress)

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
-from microcae.data.images import find_images
-from microcae.figures.reconstruction import plot_reconstructions
-from microcae.models.cae import load_model
-from microcae.pipelines.batch.scheduling import run_tasks
-from microcae.pipelines.reconstruct import reconstruct_files
-from microcae.util.table_writer import write_table
-
-FIGURE_COLUMNS = 6
 
 
 @click.command("reconstruct")
@@ -28,25 +19,16 @@ FIGURE_COLUMNS = 6
 def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
             progress: bool, scheduler: str | None) -> None:
     """Reconstruct IMAGES (files or folders) and report MSE, PSNR and SSIM per image."""
+    from microcae.data.images import find_images
+    from microcae.models.cae import load_model
+    from microcae.pipelines.reconstruct import metric_rows, reconstruct_images, write_summary
+
     paths = find_images(images)
     model = load_model(model_path)
-    if scheduler is None:
-        results = reconstruct_files(paths, model, out_dir, progress=progress)
-    else:
-        tasks = [functools.partial(reconstruct_files, [p], out_dir=out_dir, progress=False)
-                 for p in paths]
-        results = [r for rs in run_tasks(tasks, model, scheduler, progress=progress) for r in rs]
-    rows = [{"image": str(r.path), "height": r.original.shape[0], "width": r.original.shape[1],
-             **r.scores.as_dict()} for r in results]
-    tables = write_table(rows, out_dir, "metrics")
-    shown = results[:FIGURE_COLUMNS]
-    figure = plot_reconstructions(
-        [r.original for r in shown], [r.reconstruction for r in shown],
-        [r.path.stem for r in shown], Path(out_dir) / "reconstructions.png",
-        [f"PSNR {r.scores.psnr_db:.1f} dB, SSIM {r.scores.ssim:.3f}" for r in shown],
-    )
-    for row in rows:
+    results = reconstruct_images(paths, model, out_dir, progress=progress, scheduler=scheduler)
+    written = write_summary(results, out_dir)
+    for row in metric_rows(results):
         click.echo(f"{row['image']}: MSE {row['mse']:.5f}, PSNR {row['psnr_db']:.2f} dB, "
                    f"SSIM {row['ssim']:.4f}")
-    click.echo(f"reconstructions and metrics ({tables['csv'].name}, {tables['md'].name}, "
-               f"{tables['json'].name}) in {out_dir}; figure: {figure}")
+    click.echo(f"reconstructions and metrics ({written['csv'].name}, {written['md'].name}, "
+               f"{written['json'].name}) in {out_dir}; figure: {written['figure']}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -54,3 +55,39 @@ def training_options(command: Callable) -> Callable:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+class LazyChoice(click.Choice):
+    """A choice among a registry's names that imports the registry only to check a value.
+
+    Help and shell completion show ``names``, written beside the option so that ``--help``
+    imports nothing heavy; converting a value imports every ``"module:attribute"`` source and
+    checks the value against the registry's names at that moment (a method registered at run
+    time is accepted). ``tests/test_cli_startup.py`` checks that ``names`` match the sources.
+
+    Parameters
+    ----------
+    names
+        The registry's names as help shows them.
+    *sources
+        ``"module:attribute"`` of a mapping or sequence of names, or of one name (a str).
+    """
+
+    def __init__(self, names: Sequence[str], *sources: str) -> None:
+        super().__init__(names)
+        self.names, self.sources = tuple(names), sources
+
+    def registry_names(self) -> tuple[str, ...]:
+        """Import the sources and return their names, in order."""
+        names: list[str] = []
+        for source in self.sources:
+            module, _, attribute = source.partition(":")
+            registry = getattr(importlib.import_module(module), attribute)
+            names += [registry] if isinstance(registry, str) else list(registry)
+        return tuple(names)
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        """Return ``value`` if the registry holds it; fail with the registry's names if not."""
+        self.choices = self.registry_names()
+        return super().convert(value, param, ctx)
