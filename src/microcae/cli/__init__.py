@@ -16,11 +16,17 @@ module level a command module imports only light modules: the standard library, 
 matplotlib, Captum or Zennit (``microcae.models``, ``.pipelines``, ``.evaluation``, ``.saliency``,
 ``.codec``, ``.training``, ``.data``, ``.figures``, ...) is imported inside the command function::
 
-    @click.command("encode")
-    @click.option("--dtype", type=LazyChoice("microcae.codec:LATENT_DTYPES", ("uint8", ...)))
-    def command(...) -> None:
-        \"\"\"Encode IMAGES ...\"\"\"
-        from microcae.pipelines.latent_files import encode_files
+    from microcae.cli.options import LazyChoice, model_option
+
+    METHOD_CHOICE = LazyChoice(("vjp", "complex-step", ...), "microcae.saliency:METHODS")
+
+    @click.command("saliency")
+    @model_option
+    @click.option("--method", type=METHOD_CHOICE, default="vjp")
+    def command(model_path: Path | None, method: str) -> None:
+        \"\"\"Map ... (the first docstring line is the short help of 'microcae --help').\"\"\"
+        from microcae.models.cae import load_model
+        from microcae.saliency import relevance
 
         ...
 
@@ -29,7 +35,7 @@ comes from a registry (``--method``, ``--arch``, ``--dtype``) is a
 :class:`microcae.cli.options.LazyChoice`: its help shows the names written beside it, a value is
 checked against the live registry when the command runs, and ``tests/test_cli_startup.py``
 checks that both lists agree. The same test fails for a command module that imports a heavy
-module at import time.
+package at import time (drop a module from its ``PENDING`` once it follows the pattern).
 """
 
 from __future__ import annotations

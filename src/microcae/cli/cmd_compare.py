@@ -32,7 +32,7 @@ ENGINE_CHOICE = LazyChoice(("vjp", "complex-step", "jvp"),
               help="Run the model-randomisation test (one extra map per encoder layer).")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the random control and of the layer randomisation.")
-@click.option("--exact-engine", type=ENGINE_CHOICE, default=ENGINE_CHOICE.choices[0],
+@click.option("--exact-engine", type=ENGINE_CHOICE, default=ENGINE_CHOICE.names[0],
               show_default=True,
               help="Engine that computes the complex-step row (all agree to float precision).")
 @progress_option
