@@ -16,11 +16,15 @@ setup: $(BIN)/microcae
 demo: setup
 	$(BIN)/microcae demo --out microcae-demo
 
+# ruff (style, docstrings, type hints) and import-linter (the layers contract in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
+# The fast suite, then the tests marked slow; each run lists its 15 slowest tests.
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -m slow --durations=15
 
 # The reproduction report (docs/REPRODUCTION.md) from the shared micrographs beside the repo.
 SHARED ?= ../shared/micrographs
@@ -30,6 +34,7 @@ report: setup
 		--study-like aisi1045_decarb_optical --study-like nist_lowcarbon_steel_optical --out docs
 
 bench: setup
+	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/saliency.py
 

@@ -17,7 +17,7 @@ from microcae.models.registry import load_model
 from microcae.util.atomic import write_text_atomic
 
 
-def main() -> None:  # noqa: D103
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="prepared set (test = owner, train = public)")
     parser.add_argument("--model", type=Path, default=None, help="owner model [bundled]")

@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from mosaic import write_mosaic_tiff  # noqa: E402
+from microcae_testing.mosaic import write_mosaic_tiff
 
 MEASURE = """
 import json, resource, sys, time

@@ -1,7 +1,10 @@
-"""Shared fixtures: synthetic micrographs written in the formats users have."""
+"""Shared fixtures: synthetic micrographs written in the formats users have; golden files."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,31 @@ from PIL import Image
 from torch import nn
 
 SHARED_MICROGRAPHS = Path(__file__).resolve().parents[2] / "shared" / "micrographs"
+EXPECTED_DIR = Path(__file__).resolve().parent / "expected"
+GENERATE_EXPECTED = os.environ.get("MICROCAE_GENERATE_EXPECTED") == "1"
+"""``MICROCAE_GENERATE_EXPECTED=1 pytest ...`` rewrites the golden files the tests compare to
+(only after an intended change of format or numbers; review the diff of tests/expected/)."""
+
+
+@pytest.fixture
+def expected() -> Callable[[str, dict], dict]:
+    """``expected(name, actual)``: the golden values in ``tests/expected/<name>.json``.
+
+    With ``MICROCAE_GENERATE_EXPECTED=1`` the file is first rewritten from ``actual``; the test
+    then compares ``actual`` with what the file holds, with its own tolerances.
+    """
+
+    def load(name: str, actual: dict) -> dict:
+        path = EXPECTED_DIR / f"{name}.json"
+        if GENERATE_EXPECTED:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False)
+                            + "\n", encoding="utf-8")
+        if not path.is_file():
+            pytest.fail(f"{path} is missing; create it with MICROCAE_GENERATE_EXPECTED=1")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    return load
 
 
 def synthetic_micrograph(height: int, width: int, seed: int = 0) -> np.ndarray:

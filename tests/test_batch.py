@@ -9,7 +9,6 @@ import tifffile
 import torch
 import zarr
 from conftest import synthetic_micrograph, write_png
-from mosaic import write_mosaic_tiff
 
 from microcae.cli import main
 from microcae.data.images import read_micrograph, to_uint8
@@ -21,6 +20,7 @@ from microcae.pipelines.batch import JOBS, BatchSettings, TileJob, run_batch
 from microcae.pipelines.batch.sources import _mirror, open_source
 from microcae.saliency import METHODS, relevance
 from microcae.util.errors import MicrocaeError
+from microcae_testing.mosaic import write_mosaic_tiff
 
 SETTINGS = BatchSettings(tile=32, block=2, batch_size=3, workers=2)
 

@@ -82,7 +82,26 @@ def test_autograd_columns_match_a_finite_difference():
         torch.testing.assert_close(got[pixel], expected, rtol=1e-6, atol=0)
 
 
-def test_quick_report_end_to_end(tmp_path, capsys):
+def golden_numbers(numbers: dict) -> dict:
+    """The quick report's seeded, machine-independent numbers as flat ``section.key`` entries.
+
+    Left out: timings, versions, paths and the exactness differences (rounding noise, ~1e-16).
+    """
+    flat = {f"data.{k}": numbers["data"][k]
+            for k in ("images", "train_tiles", "test_tiles", "tile", "manifest_sha256")}
+    flat["model.fingerprint"] = numbers["model"]["fingerprint"]
+    flat |= {f"reconstruction.{k}": v for k, v in numbers["reconstruction"].items()}
+    flat |= {f"storage.{row['label']}.{k}": row[k] for row in numbers["storage"]
+             for k in ("bytes", "ratio")}
+    flat |= {f"claims.{claim['claim']}": claim["verdict"] for claim in numbers["claims"]}
+    flat |= {f"comparison.{method}.{k}": v for method, row in numbers["comparison"]["all"].items()
+             for k, v in row.items() if k != "seconds_per_tile"}
+    flat |= {f"attack.{name}.{k}": v for name, row in numbers["attack"]["results"].items()
+             for k, v in row.items()}
+    return flat
+
+
+def test_quick_report_end_to_end(tmp_path, capsys, expected):
     out = tmp_path / "docs"
     assert main(["report", str(SAMPLES), "--out", str(out), "--quick", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -109,6 +128,13 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     for name in ("fig10_reconstructions.png", "fig11_saliency.png"):
         assert (out / "reproduction" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"reproduction/{name}" in text
+    golden = golden_numbers(numbers)
+    stored = expected("quick_report", golden)  # MICROCAE_GENERATE_EXPECTED=1 rewrites it
+    assert sorted(golden) == sorted(stored)
+    words = {k for k, v in stored.items() if isinstance(v, str)}
+    assert {k: golden[k] for k in words} == {k: stored[k] for k in words}
+    measured = {k: v for k, v in golden.items() if k not in words}
+    assert measured == pytest.approx({k: stored[k] for k in measured}, rel=1e-4, nan_ok=True)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

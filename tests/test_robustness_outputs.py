@@ -246,7 +246,7 @@ def test_the_output_check_comes_before_the_passphrase_prompt(tmp_path, lab, tiny
 def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path, lab,
                                                                   tiny_model_file, capsys,
                                                                   monkeypatch):
-    def full_disk(self, data):  # noqa: ANN001, ANN202 - Path.write_bytes stand-in
+    def full_disk(self, data):
         with open(self, "wb") as handle:
             handle.write(data[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from microcae.cli.options import images_argument, model_option, progress_option
-from microcae.models.registry import load_model
-from microcae.pipelines.batch import JOBS, BatchReport, BatchSettings, run_batch
-from microcae.pipelines.batch.export import export_store
-from microcae.pipelines.batch.jobs import TileJob
+
+if TYPE_CHECKING:
+    from microcae.pipelines.batch import BatchReport
+    from microcae.pipelines.batch.jobs import TileJob
 
 _out_option = click.option(
     "--out", "-o", "out", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -42,6 +43,10 @@ def _options(function):  # noqa: ANN001, ANN202 - click decorator stack
 def _run(job: TileJob, images: tuple[Path, ...], model_path: Path | None, out: Path,
          scheduler: str | None, tile: int, block: int, batch_size: int, workers: int,
          export_dir: Path | None, progress: bool) -> None:
+    from microcae.models.registry import load_model
+    from microcae.pipelines.batch import BatchSettings, run_batch
+    from microcae.pipelines.batch.export import export_store
+
     settings = BatchSettings(tile=tile, block=block, batch_size=batch_size, workers=workers)
     model = load_model(model_path)
     report = run_batch(images, job, model, out, settings, scheduler, progress)
@@ -67,6 +72,8 @@ def command() -> None:
 @_options
 def encode(**arguments) -> None:  # noqa: ANN003
     """Store latents of every tile: (rows, cols, C, h, w) float32 per image."""
+    from microcae.pipelines.batch import JOBS
+
     _run(JOBS["encode"](), **arguments)
 
 
@@ -76,6 +83,8 @@ def encode(**arguments) -> None:  # noqa: ANN003
               help="Relevance method (a 'microcae saliency --method' choice). Default: vjp.")
 def saliency(method: str | None, **arguments) -> None:  # noqa: ANN003
     """Store raw relevance maps r_ij: (H, W) float32 per image, chunked by tile."""
+    from microcae.pipelines.batch import JOBS
+
     _run(JOBS["saliency"](method=method), **arguments)
 
 
@@ -83,4 +92,6 @@ def saliency(method: str | None, **arguments) -> None:  # noqa: ANN003
 @_options
 def reconstruct(**arguments) -> None:  # noqa: ANN003
     """Store reconstructions: (H, W) float32 per image in [0, 1] units, chunked by tile."""
+    from microcae.pipelines.batch import JOBS
+
     _run(JOBS["reconstruct"](), **arguments)

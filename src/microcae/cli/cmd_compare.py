@@ -6,15 +6,16 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
-from microcae.data.images import find_images
-from microcae.evaluation.comparison import (
-    EXACT_ENGINES,
-    compare_images,
-    markdown_table,
-    write_comparison,
+from microcae.cli.options import (
+    LazyChoice,
+    images_argument,
+    model_option,
+    out_dir_option,
+    progress_option,
 )
-from microcae.models.registry import load_model
+
+ENGINE_CHOICE = LazyChoice(("vjp", "complex-step", "jvp"),
+                          "microcae.evaluation.comparison:EXACT_ENGINES")
 
 
 @click.command("compare")
@@ -31,7 +32,7 @@ from microcae.models.registry import load_model
               help="Run the model-randomisation test (one extra map per encoder layer).")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the random control and of the layer randomisation.")
-@click.option("--exact-engine", type=click.Choice(EXACT_ENGINES), default=EXACT_ENGINES[0],
+@click.option("--exact-engine", type=ENGINE_CHOICE, default=ENGINE_CHOICE.names[0],
               show_default=True,
               help="Engine that computes the complex-step row (all agree to float precision).")
 @progress_option
@@ -39,6 +40,10 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
             methods: tuple[str, ...], tile: int, tiles_per_image: int, sanity: bool, seed: int,
             exact_engine: str, progress: bool) -> None:
     """Compare relevance methods on IMAGE files or folders; write tables and figures to OUT."""
+    from microcae.data.images import find_images
+    from microcae.evaluation.comparison import compare_images, markdown_table, write_comparison
+    from microcae.models.registry import load_model
+
     model = load_model(model_path)
     comparison = compare_images(model, find_images(list(images)), methods=methods or None,
                                 tile=tile, tiles_per_image=tiles_per_image, sanity_check=sanity,

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import model_option, progress_option
-from microcae.pipelines.demo import run_demo
 
 
 @click.command("demo")
@@ -18,6 +17,8 @@ from microcae.pipelines.demo import run_demo
 @progress_option
 def command(out_dir: Path, model_path: Path | None, progress: bool) -> None:
     """Reconstruct the bundled sample micrographs and map their relevance."""
+    from microcae.pipelines.demo import run_demo
+
     started = time.perf_counter()
     written = run_demo(out_dir, model_path, progress=progress)
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s; wrote:")

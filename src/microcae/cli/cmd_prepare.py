@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import FRACTION, POSITIVE_INT, progress_option
-from microcae.data.dataset import prepare_dataset
 
 
 @click.command("prepare")
@@ -36,6 +35,8 @@ def command(inputs: tuple[Path, ...], out: Path, tile: int, stride: int | None, 
             test_fraction: float, seed: int, scaling: str, split_like: Path | None,
             overwrite: bool, progress: bool) -> None:
     """Tile micrographs (files or folders) into a training set at OUT."""
+    from microcae.data.dataset import prepare_dataset
+
     prepared = prepare_dataset(list(inputs), out, tile=tile, stride=stride, remainder=remainder,
                                test_fraction=test_fraction, seed=seed, scaling=scaling,
                                overwrite=overwrite, progress=progress, split_like=split_like)

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
-from microcae.evaluation.reproduction import FULL, QUICK, measure, write_report
 
 
 @click.command("report")
@@ -28,6 +27,8 @@ def command(images: tuple[Path, ...], out_dir: Path, model_path: Path | None,
     Folders are tiled and split by source image as 'microcae prepare' does; the report, its two
     figures and report.json (every number) are written only once every measurement succeeded.
     """
+    from microcae.evaluation.reproduction import FULL, QUICK, measure, write_report
+
     measured = measure(images, model_path, QUICK if quick else FULL, study_like, progress)
     words = ["microcae", "report", *map(str, images), "--out", str(out_dir)]
     words += ["--model", str(model_path)] if model_path else []

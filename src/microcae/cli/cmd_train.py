@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
-from microcae.cli.options import progress_option
-from microcae.training.architectures import ARCHITECTURES
+from microcae.cli.options import POSITIVE_FLOAT, FiniteFloatRange, LazyChoice, progress_option
 
-
-class _FiniteRange(click.FloatRange):
-    """A float range that also refuses NaN and infinities (FloatRange lets NaN through)."""
-
-    def convert(self, value: object, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        """Parse ``value``; fail unless it is finite and in range."""
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
-_POSITIVE = _FiniteRange(min=0, min_open=True)
+ARCH_CHOICE = LazyChoice(("study", "rd-study", "rd-wide", "codec"),
+                         "microcae.training.architectures:ARCHITECTURES")
+ARCH_HELP = ("study: the paper's CAE, MSE (latent 16×16×8 per 256² tile); rd-study, rd-wide: "
+             "the CAE + a factorized entropy model (rd-wide: 64-channel stages, 16×16×32 "
+             "latent), rate–distortion; codec: microcae's codec (GDN transforms, mean-scale "
+             "hyperprior with an integer hyper-synthesis, whole images), rate–distortion.")
 _LABELS = {"mse": "MSE"}
 
 
@@ -43,10 +33,8 @@ def _widths(channels: str) -> tuple[int, ...]:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False),
               required=True, help="Model file to write (NAME.safetensors).")
-@click.option("--arch", default=next(iter(ARCHITECTURES)), show_default=True,
-              type=click.Choice(list(ARCHITECTURES)),
-              help="; ".join(f"{name}: {a.summary}" for name, a in ARCHITECTURES.items()) + ".")
-@click.option("--lmbda", default=None, type=_POSITIVE,
+@click.option("--arch", default="study", show_default=True, type=ARCH_CHOICE, help=ARCH_HELP)
+@click.option("--lmbda", default=None, type=POSITIVE_FLOAT,
               help="Rate–distortion trade-off of coding architectures: loss = lmbda·255²·MSE + "
                    "bpp (larger: more bits, higher quality). Default 0.01.")
 @click.option("--channels", default=None,
@@ -54,16 +42,16 @@ def _widths(channels: str) -> tuple[int, ...]:
                    "the architecture's.")
 @click.option("--epochs", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-3, show_default=True, type=_POSITIVE)
+@click.option("--lr", default=1e-3, show_default=True, type=POSITIVE_FLOAT)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Random flips and 90° rotations of training tiles.")
-@click.option("--grad-clip", default=None, type=_POSITIVE,
+@click.option("--grad-clip", default=None, type=POSITIVE_FLOAT,
               help="Clip the gradient norm to this (default: none for study, 1 for rd-*).")
-@click.option("--lr-drop", default=None, type=_FiniteRange(0, 1, min_open=True),
+@click.option("--lr-drop", default=None, type=FiniteFloatRange(0, 1, min_open=True),
               help="Divide the learning rate by 10 after this fraction of the epochs or of "
                    "--max-seconds (default: never for study, 0.8 for rd-*).")
-@click.option("--max-seconds", default=None, type=_POSITIVE,
+@click.option("--max-seconds", default=None, type=POSITIVE_FLOAT,
               help="Stop after the epoch in which this much training time has passed.")
 @click.option("--resume", is_flag=True,
               help="Continue from NAME.checkpoint.safetensors after an interrupted run (with "
@@ -81,13 +69,14 @@ def command(data: Path, out: Path, arch: str, lmbda: float | None, channels: str
             **loop: float | int | bool | None) -> None:
     """Train a model on DATA (a folder written by 'microcae prepare').
 
-    The study's CAE (--arch study) is trained with MSE; the coding architectures (rd-*) with
+    The study's CAE (--arch study) is trained with MSE; the coding architectures (rd-*, codec) with
     the rate–distortion loss, and their files hold the code tables 'microcae encode' uses to
     range-code latents. NAME.checkpoint.safetensors is written every epoch, NAME.train.csv,
     NAME.train.json and NAME.loss.png at the end.
     """
     from microcae.data.dataset import load_dataset
     from microcae.figures.training import plot_loss_curve
+    from microcae.training.architectures import ARCHITECTURES
     from microcae.training.distributed import single_device
     from microcae.training.loop import train
     from microcae.training.outputs import side_file

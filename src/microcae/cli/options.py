@@ -6,7 +6,9 @@ Numeric options use the types below, so a bad value (``--stride -5``, ``--tile 0
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,39 @@ images_argument = click.argument(
 progress_option = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
 )
+
+
+class LazyChoice(click.Choice):
+    """A choice among a registry's names that imports the registry only to check a value.
+
+    Help and shell completion show ``names``, written beside the option so that ``--help``
+    imports nothing heavy; converting a value imports every ``"module:attribute"`` source and
+    checks the value against the registry's names at that moment (a method registered at run
+    time is accepted). ``tests/test_cli_startup.py`` checks that ``names`` match the sources.
+
+    Parameters
+    ----------
+    names
+        The registry's names as help shows them.
+    *sources
+        ``"module:attribute"`` of a mapping or sequence of names, or of one name (a str).
+    """
+
+    def __init__(self, names: Sequence[str], *sources: str) -> None:
+        super().__init__(names)
+        self.names, self.sources = tuple(names), sources
+
+    def registry_names(self) -> tuple[str, ...]:
+        """Import the sources and return their names, in order."""
+        names: list[str] = []
+        for source in self.sources:
+            module, _, attribute = source.partition(":")
+            registry = getattr(importlib.import_module(module), attribute)
+            names += [registry] if isinstance(registry, str) else list(registry)
+        return tuple(names)
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        """Return ``value`` if the registry holds it; fail with the registry's names if not."""
+        self.choices = self.registry_names()
+        return super().convert(value, param, ctx)

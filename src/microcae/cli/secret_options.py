@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from microcae.codec import Secret, read_key_file
 from microcae.util.errors import MicrocaeError
+
+if TYPE_CHECKING:
+    from microcae.codec import Secret
 
 PASSPHRASE_ENV = "MICROCAE_PASSPHRASE"
 
@@ -32,6 +35,8 @@ def resolve_secret(key_file: Path | None, passphrase: bool, confirm: bool) -> Se
     confirm
         Ask twice when prompting (when encrypting, a typo would lock the files).
     """
+    from microcae.codec import Secret, read_key_file
+
     if key_file is not None and passphrase:
         raise MicrocaeError("give a key file or --passphrase, not both")
     if key_file is not None:

@@ -20,6 +20,7 @@ from microcae.codec.container import (
     STREAM,
     LatentHeader,
     SourceInfo,
+    parse_header,
     unpack,
     unseal,
     write_container,
@@ -34,6 +35,7 @@ from microcae.models.inference import (
     decompress_whole,
     encode_micrograph,
 )
+from microcae.models.registry import bundled_model_for
 from microcae.util.errors import MicrocaeError
 
 DECODE_BATCH = 4
@@ -112,6 +114,22 @@ def encode_image(
     return write_container(latents, source, tile, model.fingerprint(), latent_dtype,
                            compress and not entropy, secret,
                            model.tables if entropy else None)
+
+
+def model_for_file(data: bytes, label: str) -> MicrocaeModel:
+    """Find the bundled model a latent file was made with, by the fingerprint in its header.
+
+    Raises
+    ------
+    MicrocaeError
+        If the header is damaged or no bundled model has that fingerprint.
+    """
+    header = parse_header(data, label)
+    model = bundled_model_for(header.fingerprint)
+    if model is None:
+        raise MicrocaeError(f"{label}: made with a model that is not bundled (fingerprint "
+                            f"{header.fingerprint[:12]}...); pass it with --model")
+    return model
 
 
 def open_latent_file(

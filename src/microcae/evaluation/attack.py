@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ def random_crops(images: np.ndarray, latents: np.ndarray, batch: int, down: int,
     return torch.from_numpy(x[:, None]), torch.from_numpy(np.ascontiguousarray(z))
 
 
-def fit(module: nn.Module, batches, steps: int, lr: float = 1e-3) -> nn.Module:
+def fit(module: nn.Module, batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int,
+        lr: float = 1e-3) -> nn.Module:
     """Adam on the MSE between ``module(z)`` and ``x`` for ``steps`` batches ``(x, z)``."""
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     module.train()

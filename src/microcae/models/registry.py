@@ -42,6 +42,12 @@ BUNDLED: dict[str, Path] = {
 """Models shipped with the package, by the name ``--model`` accepts (see the README for how
 each was trained; each file's provenance metadata says so too)."""
 
+CODEC_LEVELS = ("codec-1", "codec-2", "codec-3")
+"""Bundled levels of microcae's codec, from the smallest files to the best quality
+(``microcae encode --quality Q`` picks ``codec-Q``)."""
+DEFAULT_CODEC_LEVEL = 2
+"""The level ``microcae encode`` uses without ``--quality``, ``--bpp`` or ``--model``."""
+
 DEFAULT_MODEL = "study"
 BUNDLED_MODEL = BUNDLED[DEFAULT_MODEL]
 """The study CAE trained on public micrographs: what ``load_model()`` returns."""
@@ -145,6 +151,46 @@ def bundled_model_for(fingerprint: str) -> MicrocaeModel | None:
         if model.fingerprint() == fingerprint:
             return model
     return None
+
+
+def level_rate(name: str) -> float:
+    """Return the mean bits per pixel a bundled codec level reached on its test tiles."""
+    final = read_model_file(name).provenance.get("final_eval", {})
+    return float(final.get("test_bpp", "nan"))
+
+
+def codec_level(model: str | Path | None, quality: int | None = None,
+                bpp: float | None = None) -> str | Path:
+    """Choose the model of ``microcae encode``: ``model`` if given, else a codec level.
+
+    Parameters
+    ----------
+    model
+        A bundled name or a path (``--model``), or None.
+    quality
+        Level 1..len(:data:`CODEC_LEVELS`) (``--quality``).
+    bpp
+        Target bits per pixel (``--bpp``): the level whose measured rate is closest.
+
+    Raises
+    ------
+    MicrocaeError
+        If more than one of the three is given, or the level does not exist.
+    """
+    if sum(x is not None for x in (model, quality, bpp)) > 1:
+        raise MicrocaeError("--model, --quality and --bpp exclude each other")
+    if model is not None:
+        return model
+    levels = [name for name in CODEC_LEVELS if name in BUNDLED and BUNDLED[name].is_file()]
+    if not levels:
+        raise MicrocaeError("no codec level is bundled with this installation; pass --model")
+    if quality is not None:
+        if not 1 <= quality <= len(levels):
+            raise MicrocaeError(f"--quality must be 1..{len(levels)}")
+        return levels[quality - 1]
+    if bpp is not None:
+        return min(levels, key=lambda name: abs(level_rate(name) - bpp))
+    return levels[min(DEFAULT_CODEC_LEVEL, len(levels)) - 1]
 
 
 def save_model(model: MicrocaeModel, path: str | Path,

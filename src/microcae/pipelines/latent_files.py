@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from microcae.codec.container import SUFFIX
 from microcae.codec.crypto import Secret
-from microcae.codec.latent_files import encode_image, open_latent_file, render
+from microcae.codec.latent_files import encode_image, model_for_file, open_latent_file, render
 from microcae.data.images import find_images, read_micrograph
 from microcae.models.base import MicrocaeModel
 from microcae.util.atomic import (
@@ -95,7 +95,7 @@ def encode_files(
 
 
 def decode_files(
-    model: MicrocaeModel,
+    model: MicrocaeModel | None,
     files: list[str | Path],
     out_dir: str | Path,
     secret: Secret | None = None,
@@ -104,8 +104,10 @@ def decode_files(
 ) -> list[Path]:
     """Decode latent files (or folders of ``.mcl`` files) to ``<stem>.png`` images in ``out_dir``.
 
-    All files are read and verified (signature, checksum or authentication, key, decoder
-    fingerprint) before any image is written, so a bad file leaves nothing behind. An existing
+    ``model`` None: each file's bundled model is found by its fingerprint
+    (:func:`~microcae.codec.latent_files.model_for_file`). All files are read and verified
+    (signature, checksum or authentication, key, decoder fingerprint) before any image is
+    written, so a bad file leaves nothing behind. An existing
     ``<stem>.png`` (often the original micrograph) is replaced only with ``force``.
 
     Returns
@@ -120,10 +122,14 @@ def decode_files(
         be written; then for any file that does not verify.
     """
     paths, targets = decode_targets(files, out_dir, force)
-    verified = [open_latent_file(model, path.read_bytes(), str(path), secret) for path in paths]
+    verified = []
+    for path in paths:
+        data = path.read_bytes()
+        decoder = model if model is not None else model_for_file(data, str(path))
+        verified.append((decoder, *open_latent_file(decoder, data, str(path), secret)))
     jobs = list(zip(paths, targets, verified, strict=True))
-    for path, target, (header, latents) in tqdm(jobs, desc="decode", unit="file",
-                                                disable=not progress):
+    for path, target, (decoder, header, latents) in tqdm(jobs, desc="decode", unit="file",
+                                                         disable=not progress):
         with memory_guard(str(path)), atomic_path(target) as tmp:
-            Image.fromarray(render(model, header, latents).stored).save(tmp, format="PNG")
+            Image.fromarray(render(decoder, header, latents).stored).save(tmp, format="PNG")
     return targets

@@ -14,8 +14,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI configures the allocator first
+    import torch
+
+_Movable = TypeVar("_Movable", "torch.Tensor", "torch.nn.Module")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -47,11 +51,13 @@ def configure_allocator() -> bool:
     return ok
 
 
-def to_channels_last(tensor_or_module: torch.Tensor | torch.nn.Module):  # noqa: ANN201
+def to_channels_last(tensor_or_module: _Movable) -> _Movable:
     """Return ``tensor_or_module`` in channels-last memory format (4-D tensors and conv modules).
 
     Values are unchanged; only the memory layout differs. Non-4-D tensors are returned as is.
     """
+    import torch
+
     if isinstance(tensor_or_module, torch.Tensor):
         if tensor_or_module.dim() != 4:
             return tensor_or_module

@@ -1,7 +1,7 @@
 """Large greyscale TIFFs built from the real micrograph tiles bundled with microcae.
 
-Shared by tests/test_batch.py and benchmarks/scale.py. The image is written tile by tile (never
-whole in memory), each 256×256 tile a real sample tile turned and flipped by its position.
+Shared by ``tests/test_batch.py`` and ``benchmarks/scale.py``. The image is written tile by tile
+(never whole in memory), each 256×256 tile a real sample tile turned and flipped by its position.
 """
 
 from __future__ import annotations
