@@ -19,17 +19,15 @@ from scipy import stats
 
 import microcae
 from microcae.entropy.code_tables import TAIL_MASS, TOTAL, VALUE_MAX, VALUE_MIN
+from microcae.entropy.gaussian import decode_stream, encode_stream, gaussian_tables
 from microcae.models.gdn import GDN, PEDESTAL
 from microcae.models.hyperprior import (
-    FLOAT32_EXACT_LIMIT,
     MAX_Z_POSITIONS,
     HyperpriorCodec,
     HyperpriorConfig,
-    decode_stream,
-    encode_stream,
-    gaussian_tables,
     pad_to_multiple,
 )
+from microcae.models.integer_network import FLOAT32_EXACT_LIMIT
 from microcae.util.errors import MicrocaeError
 
 GENERATE_EXPECTED = os.environ.get("MICROCAE_GENERATE_EXPECTED") == "1"

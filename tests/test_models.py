@@ -131,3 +131,14 @@ def test_a_latent_files_fingerprint_finds_its_bundled_model():
         found = bundled_model_for(wanted.fingerprint())
         assert type(found) is type(wanted) and found.fingerprint() == wanted.fingerprint()
     assert bundled_model_for("0" * 64) is None
+
+
+def test_the_models_command_lists_every_bundled_model_with_its_kind(capsys):
+    from microcae.cli import main
+
+    assert main(["models"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert [line.split(":")[0] for line in lines] == [n for n, p in BUNDLED.items() if p.is_file()]
+    for line in lines:
+        name = line.split(":")[0]
+        assert f": {load_model(name).kind}, " in line

@@ -13,12 +13,14 @@ hyperprior built on Ballé et al., "Variational image compression with a scale h
 * ``hyper_encoder``: conv 3×3, ReLU, conv 5×5 s2, ReLU, conv 5×5 s2 (M → N → N → N), so z has
   stride 64; ``z_prior``: a factorized prior (:class:`microcae.entropy.factorized.FactorizedPrior`);
 * ``hyper_decoder``: an **integer network** (Ballé, Johnston & Minnen, "Integer networks for data
-  compression with latent-variable models", ICLR 2019), see :class:`IntegerHyperSynthesis`. From
+  compression with latent-variable models", ICLR 2019), see
+  :class:`~microcae.models.integer_network.IntegerHyperSynthesis`. From
   the integer ``ẑ`` it computes, exactly and identically on every machine, an integer mean of
   each latent ``y`` in units of ``2**-mean_frac_bits`` and an integer index into a fixed table of
   Gaussian scales.
 
-Coding (one range-coder stream, :func:`encode_stream`): the symbols of ``ẑ`` under the
+Coding (one range-coder stream, :func:`microcae.entropy.gaussian.encode_stream`): the symbols
+of ``ẑ`` under the
 factorized prior's stored integer tables, then the symbols ``round(y - mean)`` of ``y``, each
 under the stored integer table of its scale index, then the escaped values, then a 32-bit
 sentinel. :meth:`HyperpriorCodec.update` builds the tables and freezes the hyper-synthesis'
@@ -31,30 +33,37 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import special
 from torch import nn
 
 from microcae.entropy.code_tables import (
-    MAX_SYMBOLS,
-    TAIL_MASS,
-    TOTAL,
     VALUE_MAX,
     VALUE_MIN,
     EntropyTables,
-    build_tables,
-    quantise_pmf,
-    validate,
 )
-from microcae.entropy.factorized import LIKELIHOOD_FLOOR, FactorizedPrior
+from microcae.entropy.factorized import FactorizedPrior
+from microcae.entropy.gaussian import (
+    Coders,
+    decode_stream,
+    encode_stream,
+    factorized_tables,
+    gaussian_likelihood,
+    gaussian_tables,
+)
 from microcae.models.base import MicrocaeModel
 from microcae.models.gdn import GDN, bound_ste
+from microcae.models.integer_network import (
+    EXACT_LIMIT,
+    IntConv2d,
+    IntegerHyperSynthesis,
+    round_ste,
+)
 from microcae.util.errors import MicrocaeError
 
 STRIDE = 64
@@ -62,13 +71,6 @@ STRIDE = 64
 MAX_Z_POSITIONS = 1 << 14
 """Most ``h_z * w_z`` positions accepted by :meth:`HyperpriorCodec.decompress` (about 67 Mpixel);
 bounds the memory any (possibly hostile) shape can make the decoder allocate."""
-SENTINEL = (0xC0DE, 0x5EED)
-"""Two 16-bit values coded after all symbols; a damaged or truncated stream decodes others."""
-EXACT_LIMIT = 1 << 53
-"""Integers of magnitude below this are exact in float64."""
-FLOAT32_EXACT_LIMIT = 1 << 24
-"""Integers of magnitude below this are exact in float32."""
-RAW_SIZE = VALUE_MAX - VALUE_MIN + 1
 
 
 @dataclass(frozen=True)
@@ -209,11 +211,6 @@ def crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., : size[0], : size[1]]
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """``floor(x + 1/2)`` (ties upward, like the integer path) with an identity gradient."""
-    return x + (torch.floor(x + 0.5) - x).detach()
-
-
 def _subpixel(cin: int, cout: int) -> nn.Sequential:
     """Conv 3×3 (cin → 4·cout) + PixelShuffle(2), initialised ICNR-style (no checkerboard)."""
     conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
@@ -253,482 +250,6 @@ def build_hyper_encoder(config: HyperpriorConfig) -> nn.Sequential:
         nn.Conv2d(n, n, 5, stride=2, padding=2), nn.ReLU(inplace=False),
         nn.Conv2d(n, n, 5, stride=2, padding=2),
     )
-
-
-class IntConv2d(nn.Module):
-    """3×3 convolution with integer weights and biases and a rounding right shift.
-
-    On integer inputs ``u`` it computes, per output channel ``o``,
-    ``floor((sum W[o] * u + B[o]) / 2**shift[o] + 1/2)`` with integer ``W``, ``B`` (the stored
-    float parameters times ``2**weight_frac_bits``, resp. ``2**(weight_frac_bits + in_frac)``,
-    rounded and clamped; straight-through gradients in training).
-
-    Parameters
-    ----------
-    cin, cout
-        Channels.
-    in_frac
-        The input integers stand for ``u / 2**in_frac``.
-    out_frac
-        (cout,) the outputs stand for ``out / 2**out_frac``.
-    config
-        Bit widths and bounds.
-    """
-
-    def __init__(self, cin: int, cout: int, in_frac: int, out_frac: list[int],
-                 config: HyperpriorConfig) -> None:
-        super().__init__()
-        conv = nn.Conv2d(cin, cout, 3, padding=1)
-        self.weight = nn.Parameter(conv.weight.detach().clone())
-        self.bias = nn.Parameter(conv.bias.detach().clone())
-        self.weight_scale = float(2 ** config.weight_frac_bits)
-        self.bias_scale = float(2 ** (config.weight_frac_bits + in_frac))
-        self.weight_max, self.bias_max = float(config.weight_max), float(config.bias_max)
-        shift = [config.weight_frac_bits + in_frac - f for f in out_frac]
-        if len(shift) != cout or min(shift) < 1:
-            raise ValueError("every output channel needs a right shift of at least 1")
-        self.shift = tuple(shift)
-        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
-        """Integer (W, B) fixed by :meth:`freeze` (stored with the code tables), or None."""
-
-    def integer_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer weights (cout, cin, 3, 3) and biases (cout,), int64.
-
-        The frozen ones if :meth:`freeze` ran (or they were loaded), else derived from the float
-        parameters by ``clamp(floor(p * scale + 1/2))`` in float64 (exact operations, the rule
-        the training path applies).
-        """
-        if self.frozen is not None:
-            return self.frozen
-        with torch.no_grad():
-            weight = torch.floor(self.weight.double() * self.weight_scale + 0.5)
-            bias = torch.floor(self.bias.double() * self.bias_scale + 0.5)
-            return (weight.clamp(-self.weight_max, self.weight_max).to(torch.int64),
-                    bias.clamp(-self.bias_max, self.bias_max).to(torch.int64))
-
-    def freeze(self) -> None:
-        """Fix the integer parameters derived from the current float parameters."""
-        self.frozen = None
-        self.frozen = self.integer_parameters()
-
-    def load_integer_parameters(self, weight: torch.Tensor, bias: torch.Tensor,
-                                label: str) -> None:
-        """Set the frozen integers from stored int32 tensors, checking shapes and bounds."""
-        if (weight.dtype != torch.int32 or bias.dtype != torch.int32
-                or weight.shape != self.weight.shape or bias.shape != self.bias.shape):
-            raise MicrocaeError(f"{label}: integer hyper-synthesis parameters do not fit")
-        if (int(weight.abs().max()) > self.weight_max or int(bias.abs().max()) > self.bias_max):
-            raise MicrocaeError(f"{label}: integer hyper-synthesis parameters out of range")
-        self.frozen = (weight.to(torch.int64), bias.to(torch.int64))
-
-    def int_weight(self) -> torch.Tensor:
-        """(cout, cin, 3, 3) integer-valued float weights ``W`` (straight-through)."""
-        return bound_ste(round_ste(self.weight * self.weight_scale), -self.weight_max,
-                         self.weight_max)
-
-    def int_bias(self) -> torch.Tensor:
-        """(cout,) integer-valued float biases ``B`` (straight-through)."""
-        return bound_ste(round_ste(self.bias * self.bias_scale), -self.bias_max, self.bias_max)
-
-    def _scale(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([2.0**-s for s in self.shift], dtype=like.dtype)[None, :, None, None]
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """Training path (float32, differentiable): (B, cin, h, w) integers → (B, cout, h, w).
-
-        Equal to :meth:`exact` whenever every ``sum |W| |u| + |B| + 2**(shift-1)`` stays below
-        ``2**24`` (then every float32 operation is exact).
-        """
-        acc = nn.functional.conv2d(u, self.int_weight().to(u.dtype), self.int_bias().to(u.dtype),
-                                   padding=1)
-        return round_ste(acc * self._scale(acc))
-
-    @torch.no_grad()
-    def exact(self, u: torch.Tensor, peak: bool = False) -> tuple[torch.Tensor, int]:
-        """Inference path: integer arithmetic on integer-valued float64 and int64 tensors.
-
-        Parameters
-        ----------
-        u
-            (B, cin, h, w) int64 inputs.
-        peak
-            Also compute the largest ``sum |W| |u| + |B|`` over the outputs (it bounds every
-            partial sum of the dot products; for the float32 condition). Costs a second matmul.
-
-        Returns
-        -------
-        tuple
-            (B, cout, h, w) int64 outputs, and that peak (0 unless ``peak``).
-        """
-        weight, bias = (p.double() for p in self.integer_parameters())
-        b, _, h, w = u.shape
-        columns = nn.functional.unfold(u.double(), 3, padding=1)  # (B, 9 cin, h w), no arithmetic
-        flat = weight.reshape(weight.shape[0], -1)
-        acc = torch.matmul(flat, columns) + bias[None, :, None]  # exact: see IntegerHyperSynthesis
-        bound = 0
-        if peak and acc.numel():
-            bound = int((torch.matmul(flat.abs(), columns.abs()) + bias.abs()[None, :, None])
-                        .max().item())
-        acc = acc.to(torch.int64).reshape(b, -1, h, w)
-        shift = torch.tensor(self.shift, dtype=torch.int64)[None, :, None, None]
-        out = torch.bitwise_right_shift(acc + (1 << (shift - 1)), shift)
-        return out, bound
-
-
-class IntegerHyperSynthesis(nn.Module):
-    """Integer hyper-synthesis: ``ẑ`` → integer means and integer scale indices of ``y``.
-
-    Layers (sub-pixel convolutions with integer weights; ``Q`` is QReLU, i.e. clamping to
-    ``0 .. 2**act_bits - 1``): IntConv 3×3 N → 4·M, PixelShuffle(2), Q; IntConv 3×3 M → 4·(3M/2),
-    PixelShuffle(2), Q; IntConv 3×3 3M/2 → 2M, whose first M channels are the means (integers in
-    units of ``2**-mean_frac_bits``, clamped to ±2**(15 + mean_frac_bits)) and last M channels the
-    scale indices (``2**index_gain_bits`` times the real output, rounded and clamped to
-    ``0 .. scale_levels - 1``).
-
-    Notes
-    -----
-    **Why the inference path is exact and order-independent.** Each output of a layer is
-    ``sum_j W_j u_j + B`` over ``K = 9 C_in`` taps, with integers ``|W_j| <= weight_max``,
-    ``|u_j| <= U`` (``U = z_max`` for the first layer, ``2**act_bits - 1`` after a QReLU) and
-    ``|B| <= bias_max``. Every product is an integer of magnitude ``<= weight_max * U`` and every
-    partial sum, in whatever order a BLAS kernel, a thread split or an FMA unit forms it, is an
-    integer of magnitude ``<= K * weight_max * U + bias_max``. With the defaults and N, M <= 1024
-    this is below ``9 * 1536 * 2047 * 1023 + 2**24 < 2**35`` (the configuration refuses any setting
-    whose bound, :meth:`HyperpriorConfig.worst_case_accumulator`, reaches ``2**53``). Integers
-    below ``2**53`` are exactly representable in float64, and IEEE-754 addition, multiplication
-    and FMA return the exact result whenever it is representable, so every intermediate value is
-    exact and the result is the same on every machine, thread count and summation order. The
-    convolution is ``unfold`` (data movement only) followed by a float64 matmul; the rounding
-    shift and the clamps are done in int64. The float32 training path (:meth:`forward`) gives the
-    same integers when every accumulator stays below ``2**24``; :meth:`exact` reports the peak.
-    """
-
-    def __init__(self, config: HyperpriorConfig) -> None:
-        super().__init__()
-        n, m = config.N, config.M
-        h1, h2 = config.hyper_widths
-        fa, fm = config.act_frac_bits, config.mean_frac_bits
-        self.act_max = (1 << config.act_bits) - 1
-        self.mean_max = (1 << (15 + fm)) - 1
-        self.index_max = config.scale_levels - 1
-        self.M = m
-        self.conv1 = IntConv2d(n, 4 * h1, 0, [fa] * (4 * h1), config)
-        self.shuffle1 = nn.PixelShuffle(2)
-        self.conv2 = IntConv2d(h1, 4 * h2, fa, [fa] * (4 * h2), config)
-        self.shuffle2 = nn.PixelShuffle(2)
-        gain = config.index_gain_bits
-        self.conv3 = IntConv2d(h2, 2 * m, fa, [fm] * m + [gain] * m, config)
-        with torch.no_grad():
-            # hidden units start active (QReLU would zero nearly all of them at ẑ = 0) ...
-            self.conv1.bias.uniform_(0.25, 1.0)
-            self.conv2.bias.uniform_(0.25, 1.0)
-            # ... and the scale indices near scale 1 (index = 2**gain (w·x + b))
-            start = math.log(1.0 / config.scale_min) / math.log(config.scale_max /
-                                                                   config.scale_min)
-            self.conv3.bias[m:] += start * self.index_max / 2**gain
-
-    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training path (float32, straight-through rounding and clamping).
-
-        Parameters
-        ----------
-        z_hat
-            (B, N, h, w) integer-valued float32 (``ẑ``, straight-through rounded).
-
-        Returns
-        -------
-        tuple
-            means (B, M, 4h, 4w) and scale indices (B, M, 4h, 4w), integer-valued float32.
-        """
-        a = bound_ste(self.shuffle1(self.conv1(z_hat)), 0.0, float(self.act_max))
-        a = bound_ste(self.shuffle2(self.conv2(a)), 0.0, float(self.act_max))
-        out = self.conv3(a)
-        mean = bound_ste(out[:, : self.M], -float(self.mean_max), float(self.mean_max))
-        index = bound_ste(out[:, self.M :], 0.0, float(self.index_max))
-        return mean, index
-
-    @torch.no_grad()
-    def exact(self, z_hat: torch.Tensor,
-              peak: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Inference path, exact (see the class notes).
-
-        Parameters
-        ----------
-        z_hat
-            (B, N, h, w) int64.
-        peak
-            Also report the peak accumulator bound (a second matmul per layer).
-
-        Returns
-        -------
-        tuple
-            means (B, M, 4h, 4w) int64, scale indices (B, M, 4h, 4w) int64, and the peak
-            accumulator magnitude over the three layers (0 unless ``peak``).
-        """
-        out, p1 = self.conv1.exact(z_hat, peak)
-        a = self.shuffle1(out.clamp(0, self.act_max))
-        out, p2 = self.conv2.exact(a, peak)
-        a = self.shuffle2(out.clamp(0, self.act_max))
-        out, p3 = self.conv3.exact(a, peak)
-        mean = out[:, : self.M].clamp(-self.mean_max, self.mean_max)
-        index = out[:, self.M :].clamp(0, self.index_max)
-        return mean.contiguous(), index.contiguous(), max(p1, p2, p3)
-
-
-def gaussian_likelihood(residual: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Mass of N(0, scale²) on ``[residual - 1/2, residual + 1/2]``, floored at 1e-9.
-
-    Computed as ``Phi((1/2 - |r|)/s) - Phi((-1/2 - |r|)/s)`` (both arguments on the accurate
-    side of the normal CDF). Shapes broadcast; returns the broadcast shape.
-    """
-    r = residual.abs()
-    upper = torch.special.ndtr((0.5 - r) / scale)
-    lower = torch.special.ndtr((-0.5 - r) / scale)
-    return (upper - lower).clamp_min(LIKELIHOOD_FLOOR)
-
-
-def gaussian_tables(scales: np.ndarray) -> EntropyTables:
-    """Integer code tables of zero-mean quantised Gaussians, one row per scale.
-
-    Row ``i`` codes symbols ``-T_i .. T_i`` (``T_i`` the smallest integer whose two tails beyond
-    ``± (T_i + 1/2)`` carry at most :data:`~microcae.entropy.code_tables.TAIL_MASS`) as in
-    :mod:`microcae.entropy.code_tables`, plus the escape symbol with the remaining mass;
-    frequencies by :func:`~microcae.entropy.code_tables.quantise_pmf` (each >= 1, rows summing
-    to ``2**16``).
-
-    Parameters
-    ----------
-    scales
-        (L,) float64 standard deviations.
-
-    Returns
-    -------
-    EntropyTables
-        With ``channels == L``, ``offsets[i] == -T_i``, ``lengths[i] == 2 T_i + 2``.
-    """
-    z_tail = -float(special.ndtri(TAIL_MASS / 2))
-    rows, offsets = [], []
-    for s in np.asarray(scales, dtype=np.float64):
-        t = int(min(max(math.ceil(z_tail * s - 0.5), 1), (MAX_SYMBOLS - 1) // 2))
-        k = np.abs(np.arange(-t, t + 1, dtype=np.float64))
-        pmf = special.ndtr((0.5 - k) / s) - special.ndtr((-0.5 - k) / s)
-        rows.append(quantise_pmf(np.append(pmf, max(1.0 - float(pmf.sum()), 0.0))))
-        offsets.append(-t)
-    return _stack_tables(offsets, rows)
-
-
-def _stack_tables(offsets: list[int], rows: list[np.ndarray]) -> EntropyTables:
-    width = max(len(r) for r in rows)
-    freqs = np.zeros((len(rows), width), dtype=np.int32)
-    for i, row in enumerate(rows):
-        freqs[i, : len(row)] = row
-    tables = EntropyTables(np.asarray(offsets, dtype=np.int32),
-                           np.asarray([len(r) for r in rows], dtype=np.int32), freqs)
-    validate(tables, "hyperprior")
-    return tables
-
-
-def factorized_tables(prior: FactorizedPrior, chunk: int = 16) -> EntropyTables:
-    """Return :func:`~microcae.entropy.code_tables.build_tables` of ``prior``, ``chunk`` at a time.
-
-    Same tables as one call on the whole prior, with memory bounded by ``chunk`` channels.
-    """
-    offsets: list[int] = []
-    rows: list[np.ndarray] = []
-    for start in range(0, prior.channels, chunk):
-        stop = min(start + chunk, prior.channels)
-        part = FactorizedPrior(stop - start, prior.filters)
-        part.load_state_dict({k: v[start:stop] for k, v in prior.state_dict().items()})
-        tables = build_tables(part)
-        offsets.extend(int(o) for o in tables.offsets)
-        rows.extend(tables.freqs[c, : tables.lengths[c]] for c in range(tables.channels))
-    return _stack_tables(offsets, rows)
-
-
-def _categoricals(tables: EntropyTables) -> list[Any]:
-    """One constriction model per table row from the integer frequencies.
-
-    ``freqs / 2**16`` are exact binary fractions summing to exactly 1, so constriction's
-    fixed-point model (24-bit) is the same on every machine.
-    """
-    import constriction
-
-    categorical = constriction.stream.model.Categorical
-    return [categorical(tables.freqs[c, : tables.lengths[c]].astype(np.float64) / TOTAL,
-                        perfect=False) for c in range(tables.channels)]
-
-
-@dataclass
-class Coders:
-    """constriction models for every row of the z and y tables (built once per table set)."""
-
-    z: list[Any]
-    y: list[Any]
-
-    @classmethod
-    def build(cls, z_tables: EntropyTables, y_tables: EntropyTables) -> Coders:
-        """Models of both table sets."""
-        return cls(_categoricals(z_tables), _categoricals(y_tables))
-
-
-def _split(values: np.ndarray, offsets: np.ndarray,
-           lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Table symbols (escape where out of range) and the escaped values, elementwise."""
-    index = values - offsets
-    outside = (index < 0) | (index >= lengths - 1)
-    return np.where(outside, lengths - 1, index).astype(np.int32), values[outside]
-
-
-def _grouping(index: np.ndarray, levels: int) -> tuple[np.ndarray, list[int]]:
-    """Stable order grouping flat positions by scale index, and the size of each group."""
-    order = np.argsort(index, kind="stable")
-    return order, np.bincount(index, minlength=levels).tolist()
-
-
-def encode_stream(z_symbols: np.ndarray, y_symbols: np.ndarray, index: np.ndarray,
-                  z_tables: EntropyTables, y_tables: EntropyTables,
-                  coders: Coders | None = None) -> bytes:
-    """Range-code ``ẑ`` and the symbols of ``y`` in one stream.
-
-    Parameters
-    ----------
-    z_symbols
-        (N, h, w) integers within the int16 range; channel ``c`` under z table row ``c``.
-    y_symbols
-        (M, 4h, 4w) integers within the int16 range.
-    index
-        (M, 4h, 4w) integer scale indices: the y table row of each symbol.
-    z_tables, y_tables
-        The stored integer tables.
-    coders
-        Prebuilt constriction models of these tables (optional cache).
-
-    Returns
-    -------
-    bytes
-        32-bit little-endian words. Order: z channel by channel (C order), the escaped z values,
-        the y symbols grouped by scale index (ascending; C order within a group), the escaped y
-        values (same order), :data:`SENTINEL`. An escaped value ``v`` is ``v + 2**15`` under a
-        uniform model on ``0 .. 2**16 - 1``.
-    """
-    import constriction
-
-    coders = coders or Coders.build(z_tables, y_tables)
-    uniform = constriction.stream.model.Uniform(RAW_SIZE)
-    encoder = constriction.stream.queue.RangeEncoder()
-    n = z_symbols.shape[0]
-    z_flat = z_symbols.reshape(n, -1).astype(np.int64)
-    escaped = []
-    for c in range(n):
-        symbols, out = _split(z_flat[c], int(z_tables.offsets[c]), int(z_tables.lengths[c]))
-        encoder.encode(symbols, coders.z[c])
-        escaped.append(out)
-    raw = np.concatenate(escaped)
-    if raw.size:
-        encoder.encode((raw - VALUE_MIN).astype(np.int32), uniform)
-    flat_index = index.reshape(-1).astype(np.int64)
-    order, counts = _grouping(flat_index, y_tables.channels)
-    grouped = y_symbols.reshape(-1).astype(np.int64)[order]
-    escaped, start = [], 0
-    for i, count in enumerate(counts):
-        if count:
-            symbols, out = _split(grouped[start : start + count], int(y_tables.offsets[i]),
-                                  int(y_tables.lengths[i]))
-            encoder.encode(symbols, coders.y[i])
-            escaped.append(out)
-            start += count
-    raw = np.concatenate(escaped) if escaped else np.zeros(0, dtype=np.int64)
-    if raw.size:
-        encoder.encode((raw - VALUE_MIN).astype(np.int32), uniform)
-    encoder.encode(np.asarray(SENTINEL, dtype=np.int32), uniform)
-    return encoder.get_compressed().astype("<u4").tobytes()
-
-
-_DECODER_ERRORS = (ValueError, RuntimeError, AssertionError, OverflowError, TypeError)
-
-
-def decode_stream(data: bytes, z_shape: tuple[int, int, int],
-                  y_index: Callable[[np.ndarray], np.ndarray], z_tables: EntropyTables,
-                  y_tables: EntropyTables,
-                  coders: Coders | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Invert :func:`encode_stream`.
-
-    Parameters
-    ----------
-    data
-        The stream (a multiple of 4 bytes).
-    z_shape
-        (N, h, w).
-    y_index
-        Callable mapping the (N, h, w) int64 ``ẑ`` to the (M, 4h, 4w) int64 scale indices (the
-        integer hyper-synthesis); called once, between decoding z and y.
-    z_tables, y_tables
-        The stored integer tables.
-    coders
-        Prebuilt constriction models of these tables (optional cache).
-
-    Returns
-    -------
-    tuple
-        ``ẑ`` (N, h, w) int64 and the y symbols (M, 4h, 4w) int64.
-
-    Raises
-    ------
-    MicrocaeError
-        If the stream is not whole words, runs out or does not end in :data:`SENTINEL`, or if
-        it is not byte for byte the canonical stream of what it decodes to (re-encoded here,
-        about a tenth of the decoding time): so no damage, padding or appended data is accepted.
-    """
-    import constriction
-
-    coders = coders or Coders.build(z_tables, y_tables)
-    n, h, w = z_shape
-    if len(data) % 4 or not data:
-        raise MicrocaeError("corrupt payload (coded stream is not a whole number of words)")
-    uniform = constriction.stream.model.Uniform(RAW_SIZE)
-    try:
-        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, "<u4").copy())
-        z = np.stack([np.asarray(decoder.decode(coders.z[c], h * w), dtype=np.int64)
-                      for c in range(n)])
-        lengths = z_tables.lengths.astype(np.int64)[:, None]
-        escape = z == lengths - 1
-        z += z_tables.offsets.astype(np.int64)[:, None]
-        if escape.any():
-            z[escape] = np.asarray(decoder.decode(uniform, int(escape.sum())),
-                                   dtype=np.int64) + VALUE_MIN
-    except _DECODER_ERRORS as exc:
-        raise MicrocaeError(f"corrupt payload (range decoder: {exc})") from None
-    z = z.reshape(n, h, w)
-    index = np.asarray(y_index(z), dtype=np.int64)
-    flat_index = index.reshape(-1)
-    order, counts = _grouping(flat_index, y_tables.channels)
-    rows = flat_index[order]
-    try:
-        grouped = np.empty(flat_index.size, dtype=np.int64)
-        start = 0
-        for i, count in enumerate(counts):
-            if count:
-                grouped[start : start + count] = decoder.decode(coders.y[i], count)
-                start += count
-        escape = grouped == y_tables.lengths.astype(np.int64)[rows] - 1
-        grouped += y_tables.offsets.astype(np.int64)[rows]
-        if escape.any():
-            grouped[escape] = np.asarray(decoder.decode(uniform, int(escape.sum())),
-                                         dtype=np.int64) + VALUE_MIN
-        sentinel = tuple(int(v) for v in decoder.decode(uniform, len(SENTINEL)))
-        complete = decoder.maybe_exhausted()
-    except _DECODER_ERRORS as exc:
-        raise MicrocaeError(f"corrupt payload (range decoder: {exc})") from None
-    if sentinel != SENTINEL:
-        raise MicrocaeError("corrupt payload (coded stream damaged or truncated)")
-    if not complete:
-        raise MicrocaeError("corrupt payload (coded data beyond the end of the stream)")
-    y = np.empty_like(grouped)
-    y[order] = grouped
-    y = y.reshape(index.shape)
-    if bytes(data) != encode_stream(z, y, index, z_tables, y_tables, coders):
-        raise MicrocaeError("corrupt payload (not the canonical coded stream of its symbols)")
-    return z, y
 
 
 class HyperpriorCodec(MicrocaeModel):
