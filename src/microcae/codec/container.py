@@ -279,6 +279,37 @@ def _check(condition: bool, label: str, what: str) -> None:
         raise MicrocaeError(f"{label}: corrupt header ({what})")
 
 
+def _check_payload(header: LatentHeader, label: str) -> None:
+    """Check that the payload length a header claims fits its latent dtype and shape.
+
+    Raises
+    ------
+    MicrocaeError
+        If the length is impossible for the claimed latents (see ``docs/FORMAT.md``, limits).
+    """
+    tag = crypto.TAG_BYTES if header.key_block is not None else 0
+    payload, tile, side = header.payload_bytes, header.tile, header.latent_side
+    if header.latent_dtype == STREAM:
+        values = int(np.prod(header.latent_shape, dtype=np.int64))
+        _check(tile == STREAM_UNIT and side == STREAM_SIDE and not header.compressed, label,
+               "stream geometry or flags")
+        _check(tag <= payload <= 8 * values + 64 + tag, label,
+               f"payload length {payload} is more than {values} latents can need")
+    elif header.latent_dtype == ENTROPY:
+        values = int(np.prod(header.latent_shape, dtype=np.int64))
+        _check(4 * values <= MAX_PAYLOAD, label, f"{values} latents is implausibly many")
+        _check(not header.compressed, label, "zstd flag on entropy-coded latents")
+        _check(tag <= payload <= MAX_PAYLOAD and (payload - tag) % 4 == 0, label,
+               f"payload length {payload} is not a whole number of coded words")
+    else:
+        raw = payload_size(header.latent_dtype, header.latent_shape)
+        _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
+        _check(payload >= tag and (header.compressed or payload == raw + tag), label,
+               f"payload length {payload} does not match the latent shape")
+        _check(raw <= ZSTD_MAX_RATIO * (payload - tag), label,
+               f"{raw} bytes of latents cannot come from {payload - tag} bytes of zstd data")
+
+
 def parse_header(data: bytes, label: str) -> LatentHeader:
     """Parse and validate the header of a latent file held in ``data``.
 
@@ -335,26 +366,7 @@ def parse_header(data: bytes, label: str) -> LatentHeader:
         compressed=bool(flags & FLAG_ZSTD), fingerprint=fingerprint.hex(), key_block=block,
         payload_bytes=payload,
     )
-    tag = crypto.TAG_BYTES if encrypted else 0
-    if header.latent_dtype == STREAM:
-        values = int(np.prod(header.latent_shape, dtype=np.int64))
-        _check(tile == STREAM_UNIT and side == STREAM_SIDE and not header.compressed, label,
-               "stream geometry or flags")
-        _check(tag <= payload <= 8 * values + 64 + tag, label,
-               f"payload length {payload} is more than {values} latents can need")
-    elif header.latent_dtype == ENTROPY:
-        values = int(np.prod(header.latent_shape, dtype=np.int64))
-        _check(4 * values <= MAX_PAYLOAD, label, f"{values} latents is implausibly many")
-        _check(not header.compressed, label, "zstd flag on entropy-coded latents")
-        _check(tag <= payload <= MAX_PAYLOAD and (payload - tag) % 4 == 0, label,
-               f"payload length {payload} is not a whole number of coded words")
-    else:
-        raw = payload_size(header.latent_dtype, header.latent_shape)
-        _check(raw <= MAX_PAYLOAD, label, f"{raw} bytes of latents is implausibly large")
-        _check(payload >= tag and (header.compressed or payload == raw + tag), label,
-               f"payload length {payload} does not match the latent shape")
-        _check(raw <= ZSTD_MAX_RATIO * (payload - tag), label,
-               f"{raw} bytes of latents cannot come from {payload - tag} bytes of zstd data")
+    _check_payload(header, label)
     if len(data) < header.file_bytes:
         raise MicrocaeError(f"{label}: truncated ({len(data)} bytes, the header promises "
                             f"{header.file_bytes})")

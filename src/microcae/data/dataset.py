@@ -201,32 +201,8 @@ def prepare_dataset(
         raise MicrocaeError(f"tile ({tile}) and stride ({stride}) must be positive")
     _check_replaceable(out, overwrite)
     check_output_folder(out.parent)
-    paths = find_images(inputs)
-    base = input_root(inputs)
-    sources: list[dict[str, Any]] = []
-    tile_arrays: list[np.ndarray] = []
-    skipped: list[str] = []
-    for path in tqdm(paths, desc="prepare", unit="image", disable=not progress):
-        micrograph = read_micrograph(path, scaling=scaling)
-        grid = TileGrid(micrograph.shape, tile=tile, stride=stride, remainder=remainder)
-        if len(grid) == 0:
-            skipped.append(str(path))
-            continue
-        relative = path.resolve().relative_to(base)
-        sources.append(
-            {
-                "file": relative.as_posix(),
-                "sha256": file_sha256(path),
-                "group": relative.parent.as_posix(),
-                "shape": list(micrograph.shape),
-                "source_dtype": micrograph.source_dtype,
-                "colour": micrograph.colour,
-                "value_range": list(micrograph.value_range),
-                "scaling": micrograph.scaling,
-                "positions": grid.positions,
-            }
-        )
-        tile_arrays.append(extract_tiles(micrograph.pixels, grid))
+    sources, tile_arrays, skipped = _tile_sources(inputs, tile, stride, remainder, scaling,
+                                                  progress)
     if not sources:
         raise MicrocaeError(f"no image is at least {tile}x{tile} pixels: nothing to tile")
     names = [s["file"] for s in sources]
@@ -243,14 +219,7 @@ def prepare_dataset(
             seed,
         )
         split_by = "source image, stratified by sub-folder"
-    records = []
-    for source in sources:
-        source["split"] = split[source["file"]]
-        for y, x in source.pop("positions"):
-            records.append(
-                {"index": len(records), "source": source["file"], "y": y, "x": x,
-                 "split": source["split"]}
-            )
+    records = _tile_records(sources, split)
     manifest = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
@@ -266,6 +235,50 @@ def prepare_dataset(
     }
     _write_folder(out, np.concatenate(tile_arrays).astype(np.float32), manifest, overwrite)
     return load_dataset(out)
+
+
+def _tile_sources(inputs: list[str | Path], tile: int, stride: int, remainder: Remainder,
+                  scaling: Scaling, progress: bool
+                  ) -> tuple[list[dict[str, Any]], list[np.ndarray], list[str]]:
+    """Read and tile every input image.
+
+    Returns
+    -------
+    sources, tiles, skipped
+        One manifest record per tiled image (with its tile ``positions``), its (T_i, tile,
+        tile) float32 tiles, and the images too small for one tile.
+    """
+    base = input_root(inputs)
+    sources: list[dict[str, Any]] = []
+    tile_arrays: list[np.ndarray] = []
+    skipped: list[str] = []
+    for path in tqdm(find_images(inputs), desc="prepare", unit="image", disable=not progress):
+        micrograph = read_micrograph(path, scaling=scaling)
+        grid = TileGrid(micrograph.shape, tile=tile, stride=stride, remainder=remainder)
+        if len(grid) == 0:
+            skipped.append(str(path))
+            continue
+        relative = path.resolve().relative_to(base)
+        sources.append({
+            "file": relative.as_posix(), "sha256": file_sha256(path),
+            "group": relative.parent.as_posix(), "shape": list(micrograph.shape),
+            "source_dtype": micrograph.source_dtype, "colour": micrograph.colour,
+            "value_range": list(micrograph.value_range), "scaling": micrograph.scaling,
+            "positions": grid.positions,
+        })
+        tile_arrays.append(extract_tiles(micrograph.pixels, grid))
+    return sources, tile_arrays, skipped
+
+
+def _tile_records(sources: list[dict[str, Any]], split: dict[str, str]) -> list[dict[str, Any]]:
+    """Set each source's ``split`` and return one record per tile (its ``positions`` consumed)."""
+    records = []
+    for source in sources:
+        source["split"] = split[source["file"]]
+        for y, x in source.pop("positions"):
+            records.append({"index": len(records), "source": source["file"], "y": y, "x": x,
+                            "split": source["split"]})
+    return records
 
 
 def _tiles_csv(records: list[dict[str, Any]]) -> str:
