@@ -40,7 +40,7 @@ from microcae.saliency.footprint import (
 )
 from microcae.saliency.layers import complexify
 from microcae.saliency.registry import METHODS, STUDY_METHOD, fastest_exact, register
-from microcae.saliency.twins import per_sample
+from microcae.saliency.twins import SequentialTwin, Twin, per_sample
 from microcae.util.errors import MicrocaeError
 
 DEFAULT_H = 1e-24
@@ -69,7 +69,8 @@ def _at_precision(encoder: nn.Module, x: torch.Tensor,
     return encoder, x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _chunk_size(chunk: int | None, footprint: Footprint, x: torch.Tensor, copies: int) -> int:
+def _chunk_size(chunk: int | None, footprint: Footprint | None, x: torch.Tensor,
+                copies: int) -> int:
     """Return ``chunk``, or how many passes fit :data:`BATCH_BYTES` (``copies`` activations)."""
     if chunk is None:
         per_pass = footprint.peak * x.shape[0] * x.element_size() * copies
@@ -265,7 +266,8 @@ def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
     encoder, x, precision, progress
         As :func:`complex_step_naive`.
     chunk
-        Cotangents pulled back together; default: as many as fit about 256 MiB.
+        Cotangents pulled back together; default: as many as fit :data:`BATCH_BYTES` (for
+        a 256² tile of the study encoder, all 72 in one batch).
 
     Returns
     -------
@@ -276,23 +278,35 @@ def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
     twin = complexify(encoder)
     footprint = encoder_footprint(encoder, x)
     periods = footprint.reverse_periods
-    chunk = _chunk_size(chunk, footprint, x[:1], copies=4)
 
     def one(image: torch.Tensor) -> torch.Tensor:
         out, state = twin.real(image)
         latent = (out.numel(), 1, 1) if footprint.flat else tuple(out.shape[1:])
-        r2 = torch.zeros(1, *image.shape[2:], dtype=image.dtype)
         total = periods[0] * periods[1] * latent[0]
-        for start in _chunks(total, chunk, "vjp passes", progress):
-            classes = range(start, min(start + chunk, total))
-            seeds = latent_classes(latent, periods, classes, image.dtype)
+        size = _reverse_chunk(chunk, twin, state, image, out, total)
+        r2 = torch.zeros(image.shape[2:], dtype=image.dtype, device=image.device)
+        for start in _chunks(total, size, "vjp passes", progress):
+            classes = range(start, min(start + size, total))
+            seeds = latent_classes(latent, periods, classes, image.dtype, image.device)
             seeds = seeds.reshape(-1, *out.shape[1:])
             if seeds.dim() == 4:
                 seeds = seeds.contiguous(memory_format=torch.channels_last)
             r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
-        return r2.sqrt()
+        return r2.sqrt()[None]
 
     return _each_image(one, x)
+
+
+def _reverse_chunk(chunk: int | None, twin: Twin, state: Any, image: torch.Tensor,
+                   out: torch.Tensor, total: int) -> int:
+    """Return ``chunk``, or how many cotangents fit :data:`BATCH_BYTES` (all ``total`` at most)."""
+    if chunk is not None:
+        return _chunk_size(chunk, None, image, 1)
+    if isinstance(twin, SequentialTwin):
+        values = twin.workspace(state)
+    else:
+        values = twin.workspace(state, image[0].numel(), out[0].numel())
+    return max(1, min(total, BATCH_BYTES // (values * image.element_size())))
 
 
 def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:

@@ -137,6 +137,13 @@ class Footprint:
         return worst
 
 
+def _on_meta(layer: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """Run ``layer`` on a meta tensor with meta copies of its parameters (the output's shape)."""
+    tensors = {name: torch.empty_like(t, device="meta")
+               for name, t in (*layer.named_parameters(), *layer.named_buffers())}
+    return torch.func.functional_call(layer, tensors, (probe,))
+
+
 @torch.no_grad()
 def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     """Derive the latent footprint of every pixel from the encoder's layers.
@@ -146,8 +153,8 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     encoder
         An ``nn.Sequential`` (nested allowed) of layers with complex twins.
     x
-        (N, C, H, W) input whose first sample is run once through the layers to learn their
-        output sizes (values do not matter).
+        (N, C, H, W) input; only its shape and dtype are used (the layers run on meta tensors
+        to learn their output sizes, without arithmetic).
 
     Returns
     -------
@@ -159,13 +166,13 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     MicrocaeError
         For a layer not in :data:`microcae.saliency.layers.LAYERS`.
     """
-    probe = torch.zeros_like(x[:1])
+    probe = torch.zeros(x[:1].shape, dtype=x.dtype, device="meta")  # sizes only, no arithmetic
     peak = probe.numel()
     axes = [AxisFootprint.identity(x.shape[2]), AxisFootprint.identity(x.shape[3])]
     flat = False
     for path, layer in leaves(encoder):
         reach = layer_kind(layer, path).reach
-        out = layer(probe)
+        out = _on_meta(layer, probe)
         peak = max(peak, out.numel())
         if reach is None and not flat:
             flat = True
