@@ -247,3 +247,42 @@ def test_literal_complex_step_can_stop_after_some_pixels():
     part = relevance(encoder, x, "complex-step-naive", limit=20)
     assert torch.equal(part.flatten()[:20], full.flatten()[:20])
     assert part.flatten()[20:].isnan().all()
+
+
+def test_latent_row_bands_add_up_to_the_squared_relevance():
+    from microcae.saliency.engines import reverse_squares
+
+    encoder = narrow_cae(6)
+    x = torch.rand(1, 1, 80, 48, dtype=torch.float64)
+    bands = [range(0, 2), range(2, 3), range(3, 5)]  # the 5 latent rows, unevenly
+    parts = sum(reverse_squares(encoder, x, rows) for rows in bands)
+    torch.testing.assert_close(parts, jacobian_norms(encoder, x) ** 2, rtol=1e-12, atol=0)
+    assert reverse_squares(encoder, x, range(0, 1))[0, 60:].abs().max() == 0  # out of reach
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["vjp", "jvp", "complex-step-coloured", "gbp", "lrp-w2"])
+def test_engines_on_the_gpu_agree_with_the_cpu(method):
+    torch.manual_seed(0)
+    encoder = CAE().encoder.double().eval()
+    x = torch.rand(2, 1, 64, 48, dtype=torch.float64)
+    on_cpu = relevance(encoder, x, method)
+    on_gpu = relevance(encoder.cuda(), x.cuda(), method)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-10,
+                               atol=1e-12 * on_cpu.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_whole_micrograph_on_the_gpu_agrees_with_the_cpu():
+    import numpy as np
+
+    from microcae.saliency.maps import micrograph_relevance
+
+    torch.manual_seed(0)
+    encoder = CAE().encoder.eval()
+    pixels = np.random.default_rng(0).random((300, 280)).astype(np.float32)
+    on_cpu = micrograph_relevance(encoder, pixels, mode="whole")
+    on_gpu = micrograph_relevance(encoder.cuda(), pixels, mode="whole")
+    np.testing.assert_allclose(on_gpu.relevance, on_cpu.relevance, rtol=1e-4, atol=1e-6)
+    assert on_gpu.kink_pixels == on_cpu.kink_pixels

@@ -8,11 +8,13 @@ import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
+from microcae.figures.saliency import CLIP_PERCENTILES
 from microcae.models.cae import load_model
 from microcae.pipelines.saliency_files import saliency_files
 from microcae.saliency import METHODS
 from microcae.saliency.engines import PRECISIONS
 from microcae.saliency.registry import STUDY_METHOD, lookup, names
+from microcae.training.distributed import single_device
 from microcae.util.errors import MicrocaeError
 
 
@@ -39,15 +41,23 @@ class MethodChoice(click.Choice):
               help="Relevance method. complex-step is the study's relevance by the fastest "
                    "exact engine; the engines vjp, jvp, complex-step-coloured and "
                    "complex-step-naive (literal) give the same numbers.")
-@click.option("--mode", type=click.Choice(["tile", "whole"]), default="tile", show_default=True,
+@click.option("--mode", type=click.Choice(["auto", "tile", "whole"]), default="auto",
+              show_default=True,
               help="tile: each 256x256 tile encoded on its own (the study); whole: the whole "
-                   "image's latent (exact, windowed).")
+                   "image's latent, exact, no tiles; auto: whole for images larger than a tile.")
+@click.option("--clip", nargs=2, type=float, default=CLIP_PERCENTILES, show_default=True,
+              metavar="LOW HIGH",
+              help="Colour limits of the figure as percentiles of the smoothed map (0 100: "
+                   "min to max).")
+@click.option("--overlay", is_flag=True, help="Draw the map blended over the micrograph.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--precision", type=click.Choice(sorted(PRECISIONS)), default=None,
               help="Arithmetic of the complex-step family (default: the model's, complex64).")
 @out_dir_option
 @progress_option
 def command(images: tuple[Path, ...], model_path: Path | None, method: str, mode: str,
-            precision: str | None, out_dir: Path, progress: bool) -> None:
+            clip: tuple[float, float], overlay: bool, device: str, precision: str | None,
+            out_dir: Path, progress: bool) -> None:
     """Map how much every pixel of IMAGES (files or folders) matters to the latent code.
 
     Writes <stem>.relevance.npy (raw r_ij = ||df/dx_ij||, float32, image shape) and
@@ -58,9 +68,14 @@ def command(images: tuple[Path, ...], model_path: Path | None, method: str, mode
         if not lookup(method).exact:
             raise MicrocaeError(f"--precision applies to {', '.join(names(exact=True))} only")
         options["precision"] = precision
+    if not 0 <= clip[0] < clip[1] <= 100:
+        raise MicrocaeError(f"--clip needs 0 <= LOW < HIGH <= 100, got {clip[0]:g} {clip[1]:g}")
+    target = single_device(device)
     paths = find_images(images)
-    encoder = load_model(model_path).encoder
-    for output in saliency_files(paths, encoder, out_dir, method, mode, progress, **options):
-        click.echo(f"{output.image}: max relevance {output.max_relevance:.4g}, "
-                   f"{output.kink_pixels} kink-affected pixels -> {output.relevance_file.name}, "
-                   f"{output.figure.name}")
+    encoder = load_model(model_path).encoder.to(target)
+    outputs = saliency_files(paths, encoder, out_dir, method, mode, progress, tuple(clip),
+                             "overlay" if overlay else "side", **options)
+    for output in outputs:
+        click.echo(f"{output.image}: max relevance {output.max_relevance:.4g} ({output.mode} "
+                   f"mode), {output.kink_pixels} kink-affected pixels -> "
+                   f"{output.relevance_file.name}, {output.figure.name}")

@@ -17,8 +17,6 @@ the K cotangents, from one batched matrix product, added into a (H, W, K) canvas
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -70,12 +68,6 @@ class ReLUMaxPoolTwin(MaxPool2dTwin):
             offset = (index // shape[3] - top) * kx + index % shape[3] - left
             cache["codes"] = torch.where(positive > 0, offset, -1)
         return cache["codes"]
-
-
-def _one_sample(pool_state: tuple, sample: int) -> tuple:
-    """Restrict a ReLU-pool state to one real sample (its tensors sliced, the rest kept)."""
-    return tuple(t[sample : sample + 1] if isinstance(t, torch.Tensor) else t
-                 for t in pool_state)
 
 
 def _cotangents_last(block: torch.Tensor) -> torch.Tensor:
@@ -166,18 +158,18 @@ class InputConvPoolTwin(Twin):
         return py + ky - 1, px + kx - 1
 
     def window_matrices(self, pool_state: tuple, dtype: torch.dtype, rows: slice = slice(None),
-                        cols: slice = slice(None), out: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+                        cols: slice = slice(None), out: torch.Tensor | None = None,
+                        samples: slice = slice(None)) -> torch.Tensor:
         """(N, Fy, Fx, r, w, C): transposed matrices of the pooled positions ``rows`` × ``cols``.
 
         Column c of a position's (Fy·Fx × C) matrix is the convolution kernel of channel c
         placed at that channel's argmax offset in the (Fy × Fx) input patch, times the ReLU
         mask (pooled value > 0). Cells come first so that every step is a contiguous
         (r, w, C) block. With ``out`` (zeros of that shape, or a view), the matrices are added
-        into it and it is returned.
+        into it and it is returned; ``samples`` selects real samples (N of them).
         """
         kernel = _pair(self.pool.module.kernel_size)
-        codes = self.pool.codes(pool_state)[:, :, rows, cols].permute(0, 2, 3, 1)
+        codes = self.pool.codes(pool_state)[samples, :, rows, cols].permute(0, 2, 3, 1)
         weight = self.conv.module.weight.detach().to(device=codes.device, dtype=dtype)[:, 0]
         (ky, kx), (n, h, w, c) = weight.shape[1:], codes.shape
         if out is None:
@@ -307,9 +299,9 @@ class InputTwoStageTwin(Twin):
         m1 = torch.zeros(*geo["f"], height, width, c1, dtype=dtype, device=pool1[1].device)
         (ty, by), (tx, bx) = (max(ly, 0), min(hy, size[0])), (max(lx, 0), min(hx, size[1]))
         if by > ty and bx > tx:
-            one = _one_sample(pool1, sample)
-            self.first.window_matrices(one, dtype, slice(ty, by), slice(tx, bx),
-                                       m1[None, :, :, ty - ly : by - ly, tx - lx : bx - lx])
+            self.first.window_matrices(pool1, dtype, slice(ty, by), slice(tx, bx),
+                                       m1[None, :, :, ty - ly : by - ly, tx - lx : bx - lx],
+                                       slice(sample, sample + 1))
         phases = m1.view(*geo["f"], height // sy, sy, width // sx, sx, c1)
         return phases.permute(0, 1, 3, 5, 2, 4, 6).contiguous()
 
@@ -346,20 +338,19 @@ class InputTwoStageTwin(Twin):
                 patches[s1y * ey : s1y * ey + fy, s1x * ex : s1x * ex + fx].addcmul_(reach, mask)
         return patches.view(gy * gx, r * w, count).transpose(0, 1), live
 
-    def _all_patches(self, state: tuple, dtype: torch.dtype) -> list[list[tuple[Any, Any]]]:
-        """Per sample, the (block, patches) pairs; cached in the state while they fit."""
-        cache = state[3]
-        if dtype in cache:
-            return cache[dtype]
-        n, c2, h2, w2 = state[2][1].shape
-        g = self._geometry()["g"]
-        blocks = self._blocks(state)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if n * h2 * w2 * c2 * g[0] * g[1] * itemsize > CACHE_BYTES:
-            return [[(block, None) for block in blocks] for _ in range(n)]
-        cache[dtype] = [[(block, self._patches(state, dtype, sample, *block)) for block in blocks]
-                        for sample in range(n)]
-        return cache[dtype]
+    def _block_patches(self, state: tuple, dtype: torch.dtype, sample: int, rows: slice,
+                       cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return one block's patches, built on first use, kept while :data:`CACHE_BYTES` allow."""
+        cache = state[3].setdefault(dtype, {"bytes": 0})
+        key = (sample, rows.start, cols.start)
+        if key in cache:
+            return cache[key]
+        patches, live = self._patches(state, dtype, sample, rows, cols)
+        size = patches.numel() * patches.element_size()
+        if cache["bytes"] + size <= CACHE_BYTES:
+            cache[key] = (patches, live)
+            cache["bytes"] += size
+        return patches, live
 
     def workspace(self, state: tuple, values_in: int, values_out: int) -> int:
         """Per cotangent: the pixel canvas, its input, and one block's columns."""
@@ -375,11 +366,13 @@ class InputTwoStageTwin(Twin):
         k, (h2, w2) = ct.shape[0] // n, ct.shape[2:]
         canvas = _canvas(n, (h2, w2), (gy, gx), stride,
                          (offset[0] + height, offset[1] + width), ct)
-        for sample, blocks in enumerate(self._all_patches(state, ct.dtype)):
+        for sample in range(n):
             batch = ct[sample * k : (sample + 1) * k]
-            for (rows, cols), entry in blocks:
-                patches, live = entry or self._patches(state, ct.dtype, sample, rows, cols)
+            for rows, cols in self._blocks(state):
                 sub = batch[:, :, rows, cols].permute(2, 3, 1, 0)  # (r, w, C2, K)
+                if not sub.any():  # no seeded unit reaches this block (mapping in bands)
+                    continue
+                patches, live = self._block_patches(state, ct.dtype, sample, rows, cols)
                 block = sub.index_select(2, live).reshape(-1, len(live), k)
                 columns = torch.bmm(patches, block).view(*sub.shape[:2], gy, gx, k)
                 _add_patches(canvas[sample], columns,

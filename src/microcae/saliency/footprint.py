@@ -24,6 +24,7 @@ the latent is then read as (D, 1, 1) and every pixel conflicts with every other.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,7 +189,7 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     return Footprint(axes[0], axes[1], flat, peak)
 
 
-def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: range,
+def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: Sequence[int],
                   dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """0/1 indicator images of forward colour classes.
 
@@ -206,7 +207,7 @@ def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: ran
     return (colour[None] == wanted[:, None, None]).to(dtype)
 
 
-def latent_classes(shape: tuple[int, int, int], periods: tuple[int, int], classes: range,
+def latent_classes(shape: tuple[int, int, int], periods: tuple[int, int], classes: Sequence[int],
                    dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """0/1 cotangent seeds of reverse colour classes on a (C, h, w) latent.
 
@@ -251,20 +252,22 @@ def footprint_sums(squares: torch.Tensor, footprint: Footprint, periods: tuple[i
     height, width = len(rows.lo), len(cols.lo)
     colour = (np.arange(height)[:, None] % periods[0]) * periods[1] + (
         np.arange(width)[None, :] % periods[1])
-    member = torch.from_numpy((colour >= classes.start) & (colour < classes.stop))
-    slot = torch.from_numpy(np.clip(colour - classes.start, 0, len(classes) - 1))
+    device = squares.device
+    member = torch.from_numpy((colour >= classes.start) & (colour < classes.stop)).to(device)
+    slot = torch.from_numpy(np.clip(colour - classes.start, 0, len(classes) - 1)).to(device)
     out = torch.zeros(squares.shape[0], height, width, dtype=squares.dtype,
                       device=squares.device)
     extent_r = int((rows.hi - rows.lo).max(initial=-1)) + 1
     extent_c = int((cols.hi - cols.lo).max(initial=-1)) + 1
     for du in range(extent_r):
         r_index = rows.lo + du
-        r_valid = torch.from_numpy(r_index <= rows.hi)
-        r_index = torch.from_numpy(np.clip(r_index, 0, squares.shape[2] - 1))
+        r_valid = torch.from_numpy(r_index <= rows.hi).to(device)
+        r_index = torch.from_numpy(np.clip(r_index, 0, squares.shape[2] - 1)).to(device)
         for dv in range(extent_c):
             c_index = cols.lo + dv
-            valid = member & r_valid[:, None] & torch.from_numpy(c_index <= cols.hi)[None, :]
-            c_index = torch.from_numpy(np.clip(c_index, 0, squares.shape[3] - 1))
+            c_valid = torch.from_numpy(c_index <= cols.hi).to(device)
+            valid = member & r_valid[:, None] & c_valid[None, :]
+            c_index = torch.from_numpy(np.clip(c_index, 0, squares.shape[3] - 1)).to(device)
             picked = squares[:, slot, r_index[:, None], c_index[None, :]]
             out += torch.where(valid, picked, 0.0)
     return out
