@@ -260,6 +260,50 @@ class BatchNorm2dTwin(Twin):
         return ct * self._factor().to(ct.dtype)
 
 
+class GDNTwin(Twin):
+    """Generalised divisive normalisation y = x · (β + Γ(x·x))^(∓1/2) (GDN; IGDN with ``+``).
+
+    Ballé, Laparra & Simoncelli (2016): per position, ``n_i = β_i + Σ_j Γ_ij x_j²`` and
+    ``y_i = x_i n_i^(-1/2)`` (``n_i^(+1/2)`` for the inverse, ``module.inverse``). The wrapped
+    module must expose ``gamma`` (C, C), ``beta`` (C,) and optionally ``inverse``. The twin is the
+    complex-analytic function at ``z = a + i·b``, with the square ``z·z = a² − b² + 2i·ab``
+    (never ``|z|²``) and the complex power taken in polar form (``atan2`` keeps an imaginary
+    part of 1e-24 that ``n_re + n_im`` would lose): ``Im y = a·Im r(n) + b·Re r(n)``.
+    """
+
+    def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+        gamma = self.module.gamma.detach().to(dtype)
+        power = 0.5 if getattr(self.module, "inverse", False) else -0.5
+        return gamma[:, :, None, None], self.module.beta.detach().to(dtype), power
+
+    def real(self, re: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the layer; the state is the (N, C, H, W) input and its norm n = β + Γ(x²)."""
+        gamma, beta, _ = self._weights(re.dtype)
+        return self.module(re), (re, F.conv2d(re * re, gamma, beta))
+
+    def tangent(self, state: tuple[torch.Tensor, torch.Tensor], im: torch.Tensor) -> torch.Tensor:
+        """Imaginary part of the complex GDN at ``re + i·im`` (linear in ``im`` up to O(im³))."""
+        a, _ = state
+        gamma, beta, power = self._weights(im.dtype)
+        b = per_sample(im, a.shape[0])
+        a = a.unsqueeze(1)
+        n_re = F.conv2d((a * a - b * b).reshape(im.shape), gamma, beta)
+        n_im = F.conv2d((2 * a * b).reshape(im.shape), gamma)
+        size, angle = torch.hypot(n_re, n_im).pow(power), torch.atan2(n_im, n_re) * power
+        r_re, r_im = per_sample(size * torch.cos(angle), a.shape[0]), per_sample(
+            size * torch.sin(angle), a.shape[0])
+        return (a * r_im + b * r_re).reshape(im.shape)
+
+    def cotangent(self, state: tuple[torch.Tensor, torch.Tensor],
+                  ct: torch.Tensor) -> torch.Tensor:
+        """Transpose of the derivative ``dx·r(n) + x·r'(n)·Γ(2x·dx)`` at the real input."""
+        x, norm = state
+        gamma, _, power = self._weights(ct.dtype)
+        factor, slope = norm.pow(power), power * norm.pow(power - 1)  # r(n), r'(n)
+        mixed = F.conv_transpose2d(_scale(x * slope, ct), gamma)  # Γᵀ(ct · x · r'(n))
+        return _scale(factor, ct) + _scale(2 * x, mixed)
+
+
 class SequentialTwin(Twin):
     """nn.Sequential: the twins of its children in order (nested containers allowed)."""
 
