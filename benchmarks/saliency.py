@@ -1,15 +1,20 @@
-"""Time, passes and peak memory of every exact relevance engine on one 256x256 micrograph tile.
+"""Cost of every exact relevance engine on one 256x256 tile, against a matmul floor beside it.
 
-Each engine runs in its own subprocess so that its peak resident memory (``ru_maxrss``) is its
-own. The literal complex step (65,536 passes) is timed on its first ``--naive-pixels`` pixels and
-extrapolated; the obvious peer a user would write, ``torch.func.jacrev`` then column norms, is
-timed on ``--jacrev-rows`` of the 2,048 latent values and extrapolated. Both are said so in the
-table. Every map is compared with the ``vjp`` map (computed pixels only for the partial runs).
+The machine is shared, so absolute times are noisy: every engine runs in its own fresh process
+(its peak resident memory ``ru_maxrss`` is its own) and, in that process, a 2048² float32 matrix
+product is timed before and after the engine (median of both sets): the engine's time is
+printed as a multiple of that floor. Engines go through the Python API (``relevance()``, which
+sets up the allocator itself, as the command line does). The literal complex step (65,536
+passes) is timed on its first ``--naive-pixels`` pixels and extrapolated; the obvious peer,
+``torch.func.jacrev`` then column norms, on ``--jacrev-rows`` of the 2,048 latent values and
+extrapolated; both are marked so. Every map is compared with the ``vjp`` map (float32).
 
-    .venv/bin/python benchmarks/saliency.py [--model M] [--image PNG] [--micrograph]
+    .venv/bin/python benchmarks/saliency.py [--model M] [--image PNG] [--threads 2]
+                                            [--micrograph] [--profile]
 
-``--micrograph`` also runs ``microcae saliency`` on the whole micrograph (tile mode, vjp) and
-reports its wall time and peak memory.
+``--micrograph`` also maps the whole micrograph (2080×1542 by default) in whole mode (the
+whole latent, no tiles) and in the study's tile mode, with peak memory; ``--profile`` prints
+where ``vjp``'s time goes on a tile (torch profiler, self time per operator).
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ from microcae.models.cae import CAE
 from microcae.models.registry import BUNDLED_MODEL, load_model
 from microcae.saliency import relevance
 from microcae.saliency.engines import passes
-from microcae.util.runtime import configure_allocator
 
 DEFAULT_IMAGE = (Path(__file__).resolve().parents[2] / "shared" / "micrographs"
                  / "aisi1045_decarb_optical" / "1a1str.png")
-ENGINES = ["vjp", "complex-step", "jvp", "complex-step-naive", "jacrev"]
+ENGINES = ["vjp", "complex-step-coloured", "jvp", "complex-step-naive", "jacrev"]
+FLOOR_SIZE = 2048
 
 
 def load_tile(image: Path, top: int, left: int) -> torch.Tensor:
@@ -53,6 +58,18 @@ def encoder_for(model: str | None) -> torch.nn.Module:
     return load_model(model).encoder
 
 
+def matmul_floor(runs: int = 7) -> list[float]:
+    """Times of a 2048² float32 matrix product (the reverse-mode work of a tile, ≈ 8.6 GMAC)."""
+    a, b = torch.randn(FLOOR_SIZE, FLOOR_SIZE), torch.randn(FLOOR_SIZE, FLOOR_SIZE)
+    a @ b
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def jacrev_rows(encoder: torch.nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     """Column norms of the first ``rows`` latent values' Jacobian rows (the obvious peer)."""
 
@@ -63,57 +80,136 @@ def jacrev_rows(encoder: torch.nn.Module, x: torch.Tensor, rows: int) -> torch.T
     return jac.reshape(rows, -1).norm(dim=0).view(x.shape[2:])
 
 
+def run_engine(args: argparse.Namespace, encoder: torch.nn.Module, x: torch.Tensor
+               ) -> torch.Tensor:
+    if args.engine == "jacrev":
+        return jacrev_rows(encoder, x, args.jacrev_rows)
+    if args.engine == "complex-step-naive":
+        return relevance(encoder, x, args.engine, limit=args.naive_pixels)[0]
+    return relevance(encoder, x, args.engine)[0]
+
+
 def child(args: argparse.Namespace) -> None:
-    configure_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder = encoder_for(args.model)
     x = load_tile(args.image, args.top, args.left)
+    floor = matmul_floor()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, cpu, result = [], [], None
+    times, result = [], None
     for _ in range(args.repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        if args.engine == "jacrev":
-            result = jacrev_rows(encoder, x, args.jacrev_rows)
-        elif args.engine == "complex-step-naive":
-            result = relevance(encoder, x, args.engine, limit=args.naive_pixels)[0]
-        else:
-            result = relevance(encoder, x, args.engine)[0]
+        start = time.perf_counter()
+        result = run_engine(args, encoder, x)
         times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+    floor += matmul_floor()
     np.save(args.save, result.detach().numpy())
     print(json.dumps({
-        "seconds": statistics.median(times),
-        "cpu_seconds": statistics.median(cpu),
-        "runs": len(times),
+        "seconds": statistics.median(times), "runs": len(times),
+        "floor": statistics.median(floor),
         "rss_before_mb": rss_before / 1024,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }))
 
 
-def run_child(args: argparse.Namespace, engine: str, save: Path, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--child", engine, "--save", str(save),
-               "--repeats", str(repeats), "--image", str(args.image), "--top", str(args.top),
+def micrograph_child(args: argparse.Namespace) -> None:
+    from microcae.saliency.maps import micrograph_relevance
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = encoder_for(args.model)
+    pixels = read_micrograph(args.image).pixels
+    floor = matmul_floor()
+    start = time.perf_counter()
+    result = micrograph_relevance(encoder, pixels, mode=args.mode)
+    seconds = time.perf_counter() - start
+    floor += matmul_floor()
+    print(json.dumps({"seconds": seconds, "floor": statistics.median(floor),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "shape": list(pixels.shape), "kinks": result.kink_pixels}))
+
+
+def run_child(args: argparse.Namespace, extra: list[str]) -> dict:
+    command = [sys.executable, __file__, "--image", str(args.image), "--top", str(args.top),
                "--left", str(args.left), "--naive-pixels", str(args.naive_pixels),
-               "--jacrev-rows", str(args.jacrev_rows), "--threads", str(args.threads)]
+               "--jacrev-rows", str(args.jacrev_rows), "--threads", str(args.threads), *extra]
     if args.model:
         command += ["--model", args.model]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def full_micrograph(args: argparse.Namespace, out: Path) -> dict:
-    command = [sys.executable, "-c",
-               "import resource, sys; from microcae.cli import main; rc = main(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)",
-               "saliency", str(args.image), "--out", str(out), "--no-progress"]
-    if args.model:
-        command += ["--model", args.model]
-    start = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return {"seconds": time.perf_counter() - start,
-            "peak_rss_mb": float(done.stdout.strip().splitlines()[-1])}
+def profile(args: argparse.Namespace) -> None:
+    """Print the operators that take vjp's time on one tile (self CPU time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = encoder_for(args.model)
+    x = load_tile(args.image, args.top, args.left)
+    relevance(encoder, x, "vjp")
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        relevance(encoder, x, "vjp")
+    floor = statistics.median(matmul_floor())
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6
+    print(f"\nWhere vjp's time goes on one tile (torch profiler, self time; total {total:.3f} s "
+          f"= {total / floor:.2f} matmul floors of {floor:.4f} s):\n")
+    print("| operator | calls | self s | share | floors |\n|---|---:|---:|---:|---:|")
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    for event in events[:12]:
+        seconds = event.self_cpu_time_total / 1e6
+        print(f"| {event.key} | {event.count} | {seconds:.3f} | {seconds / total:.0%} "
+              f"| {seconds / floor:.2f} |")
+
+
+def engine_table(args: argparse.Namespace) -> None:
+    encoder = encoder_for(args.model)
+    x = load_tile(args.image, args.top, args.left)
+    counts = {engine: passes(encoder, x, engine) for engine in ENGINES[:4]}
+    counts["jacrev"] = encoder(x).numel()
+    scale = {"complex-step-naive": x[0, 0].numel() / args.naive_pixels,
+             "jacrev": counts["jacrev"] / args.jacrev_rows}
+    rows, maps = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in ENGINES:
+            save = Path(tmp) / f"{engine}.npy"
+            repeats = args.repeats if engine == "vjp" else 1
+            row = run_child(args, ["--child", engine, "--save", str(save),
+                                   "--repeats", str(repeats)])
+            row["tile"] = row["seconds"] * scale.get(engine, 1.0)
+            rows[engine], maps[engine] = row, np.load(save)
+            print(f"{engine}: {row}", file=sys.stderr)
+    reference = maps["vjp"].astype(np.float64)
+    naive, peer = rows["complex-step-naive"]["tile"], rows["jacrev"]["tile"]
+    print("| engine | passes | s per tile (median) | × matmul floor | vs literal complex step "
+          "| vs jacrev | peak RSS (MB) | max rel. diff vs vjp |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for engine in ENGINES:
+        row = rows[engine]
+        note = {"complex-step-naive": f" (timed on {args.naive_pixels} px, extrapolated)",
+                "jacrev": f" (timed on {args.jacrev_rows} of {counts['jacrev']} rows, "
+                          "extrapolated)"}.get(engine, "")
+        computed = np.isfinite(maps[engine])
+        error = np.abs(maps[engine][computed] - reference[computed]).max() / reference.max()
+        diff = "n/a" if engine == "jacrev" else f"{error:.1e}"
+        print(f"| {engine}{note} | {counts[engine]:,} | {row['tile']:.3g} "
+              f"| {row['tile'] / row['floor']:.1f} | {naive / row['tile']:,.0f}× "
+              f"| {peer / row['tile']:,.1f}× | {row['peak_rss_mb']:.0f} | {diff} |")
+    print(f"\nmatmul floor (2048² float32, median in each engine's process): "
+          f"{statistics.median(r['floor'] for r in rows.values()):.4f} s; RSS after imports "
+          f"and loading: {rows['vjp']['rss_before_mb']:.0f} MB.")
+
+
+def micrograph_table(args: argparse.Namespace) -> None:
+    print("\n| whole micrograph | s | × matmul floor | peak RSS (MB) | kink pixels |")
+    print("|---|---:|---:|---:|---:|")
+    for mode in ("whole", "tile"):
+        row = run_child(args, ["--micrograph-child", mode])
+        height, width = row["shape"]
+        print(f"| {args.image.name} {height}×{width}, {mode} mode | {row['seconds']:.1f} "
+              f"| {row['seconds'] / row['floor']:.0f} | {row['peak_rss_mb']:.0f} "
+              f"| {row['kinks']} |")
 
 
 def main() -> None:
@@ -122,68 +218,33 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--top", type=int, default=640)
     parser.add_argument("--left", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of the fast engine")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of vjp")
     parser.add_argument("--naive-pixels", type=int, default=256)
     parser.add_argument("--jacrev-rows", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--micrograph", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", dest="engine", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--micrograph-child", dest="mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
         child(args)
         return
-
-    encoder = encoder_for(args.model)
-    x = load_tile(args.image, args.top, args.left)
-    pixels = x.shape[2] * x.shape[3]
-    counts = {engine: passes(encoder, x, engine) for engine in ENGINES[:4]}
-    counts["jacrev"] = encoder(x).numel()
-    scale = {"complex-step-naive": pixels / args.naive_pixels,
-             "jacrev": counts["jacrev"] / args.jacrev_rows}
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        maps = {}
-        for engine in ENGINES:
-            repeats = args.repeats if engine == "vjp" else 1
-            save = Path(tmp) / f"{engine}.npy"
-            rows[engine] = run_child(args, engine, save, repeats)
-            rows[engine]["seconds_tile"] = rows[engine]["seconds"] * scale.get(engine, 1.0)
-            rows[engine]["cpu_tile"] = rows[engine]["cpu_seconds"] * scale.get(engine, 1.0)
-            maps[engine] = np.load(save)
-            print(f"{engine}: {rows[engine]}", file=sys.stderr)
-        reference = maps["vjp"].astype(np.float64)
-        for engine in ENGINES:
-            computed = np.isfinite(maps[engine])  # the computed pixels of the partial naive run
-            diff = np.abs(maps[engine][computed] - reference[computed]).max() / reference.max()
-            # jacrev's partial rows give a partial map: checked against vjp in the tests instead
-            rows[engine]["max_rel_diff"] = None if engine == "jacrev" else float(diff)
-        micrograph = full_micrograph(args, Path(tmp) / "out") if args.micrograph else None
-
-    naive = rows["complex-step-naive"]["cpu_tile"]
-    peer = rows["jacrev"]["cpu_tile"]
+    if args.mode:
+        micrograph_child(args)
+        return
     threads = args.threads or torch.get_num_threads()
     print(f"One 256x256 tile of {args.image.name} (rows {args.top}.., cols {args.left}..), "
           f"{threads} thread(s), float32, {'bundled' if args.model is None else args.model} "
           f"model; median of {args.repeats} runs for vjp, 1 run otherwise; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end. Speed-ups use CPU "
-          "time, which other jobs on the machine disturb less than wall time.\n")
-    print("| engine | passes | wall s per tile | CPU s per tile | vs literal complex step "
-          "| vs jacrev | peak RSS (MB) | max rel. diff vs vjp |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for engine in ENGINES:
-        row = rows[engine]
-        note = {"complex-step-naive": f" (timed on {args.naive_pixels} px, extrapolated)",
-                "jacrev": f" (timed on {args.jacrev_rows} of {counts['jacrev']} rows, "
-                          "extrapolated)"}.get(engine, "")
-        diff = "n/a" if row["max_rel_diff"] is None else f"{row['max_rel_diff']:.1e}"
-        print(f"| {engine}{note} | {counts[engine]:,} | {row['seconds_tile']:.3g} "
-              f"| {row['cpu_tile']:.3g} | {naive / row['cpu_tile']:.0f}x "
-              f"| {peer / row['cpu_tile']:.1f}x | {row['peak_rss_mb']:.0f} | {diff} |")
-    print(f"\nRSS after imports and loading: {rows['vjp']['rss_before_mb']:.0f} MB.")
-    if micrograph:
-        print(f"\nWhole micrograph ({args.image.name}, tile mode, vjp, CLI): "
-              f"{micrograph['seconds']:.0f} s, peak RSS {micrograph['peak_rss_mb']:.0f} MB.")
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start.\n")
+    engine_table(args)
+    if args.micrograph:
+        micrograph_table(args)
+    if args.profile:
+        profile(args)
+    print(f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.")
 
 
 if __name__ == "__main__":

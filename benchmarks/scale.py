@@ -5,14 +5,17 @@ Prints two Markdown tables:
 * throughput: the study's encoder (bundled model) over a mosaic of real 256×256 tiles, on a Dask
   ``LocalCluster`` of 1 and 2 worker processes (1 thread each, torch 1 thread each); median
   tiles/s over ``--repeats`` runs, each into a fresh Zarr store;
-* memory: peak resident memory (``ru_maxrss``) of a fresh process that encodes (study model), and
-  of one that maps relevance ("vjp", a one-stage CAE: the study's would take hours on a CPU),
-  square TIFFs of growing side, next to the size of the image as float32 and the process's
-  memory after imports (baseline). Images are read tile by tile, so the peak should not follow
-  the image size.
+* memory: peak resident memory (``ru_maxrss``) of a fresh process that encodes, and of one that
+  maps relevance (the study's complex-step relevance by its fastest exact engine, per 256² tile
+  as the batch job stores it), both with the study's encoder (bundled model), square TIFFs of
+  growing side, next to the size of the image as float32 and the process's memory after imports
+  (baseline). Images are read tile by tile, so the peak should not follow the image size.
+  Relevance takes about a second per tile on 2 cores, so it is measured up to
+  ``--saliency-max-side`` (default 4000 px; larger sides print "—").
 
 Usage: ``python benchmarks/scale.py [--tiles 128] [--repeats 3] [--sides 1000 2000 4000 8000]
-[--full]`` (``--full`` adds the 20,000 × 20,000 image; about 15 minutes on 2 cores).
+[--saliency-max-side 4000] [--full]`` (``--full`` adds the 20,000 × 20,000 image; about 15
+minutes on 2 cores, plus the relevance maps).
 """
 
 from __future__ import annotations
@@ -35,11 +38,9 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
-from microcae.models.cae import CAE, CAEConfig
 from microcae.models.registry import load_model
 name, image, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-torch.manual_seed(0)
-model = load_model(None) if name == "encode" else CAE(CAEConfig(channels=(2,))).eval()
+model = load_model(None)  # the study's encoder for both jobs
 settings = BatchSettings(tile=256, block=2, batch_size=4, workers=2)
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 started = time.perf_counter()
@@ -73,11 +74,11 @@ def throughput(workers: int, tiles: int, repeats: int, work: Path) -> float:
     return statistics.median(rates)
 
 
-def memory(side: int, work: Path) -> dict[str, dict[str, float]]:
+def memory(side: int, work: Path, saliency: bool) -> dict[str, dict[str, float]]:
     """Peak RSS of encoding, and of mapping, a ``side`` × ``side`` TIFF (a fresh process each)."""
     image = write_mosaic_tiff(work / f"square-{side}.tif", (side, side))
     rows = {}
-    for name in ("encode", "saliency"):
+    for name in ("encode", "saliency") if saliency else ("encode",):
         out = work / f"memory-{side}-{name}"
         out.mkdir()
         done = subprocess.run([sys.executable, "-c", MEASURE, name, str(image), str(out)],
@@ -91,6 +92,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sides", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
+    parser.add_argument("--saliency-max-side", type=int, default=4000,
+                        help="largest side whose relevance maps are measured")
     parser.add_argument("--full", action="store_true", help="add the 20,000 px square image")
     args = parser.parse_args()
     sides = [*args.sides, 20000] if args.full else args.sides
@@ -104,14 +107,16 @@ def main() -> None:
         print("| workers | tiles/s | speed-up |\n|---:|---:|---:|")
         for n, rate in rates.items():
             print(f"| {n} | {rate:.1f} | {rate / rates[1]:.2f} |")
-        print("\n### Peak memory vs image size (fresh process per job; tile 256, block 2×2, "
-              "2 threads)\n")
+        print("\n### Peak memory vs image size (fresh process per job; study encoder, bundled "
+              "model; tile 256, block 2×2, 2 threads)\n")
         print("| image | float32 image MB | encode: peak MB (over baseline) | encode s "
-              "| saliency: peak MB (over baseline) | saliency s |\n|---|---:|---:|---:|---:|---:|")
+              "| complex-step relevance (study encoder): peak MB (over baseline) | relevance s "
+              "|\n|---|---:|---:|---:|---:|---:|")
         for side in sides:
-            rows = memory(side, work)
+            rows = memory(side, work, side <= args.saliency_max_side)
             cells = [f"{r['peak_mb']:.0f} (+{r['peak_mb'] - r['baseline_mb']:.0f}) "
-                     f"| {r['seconds']:.1f}" for r in (rows["encode"], rows["saliency"])]
+                     f"| {r['seconds']:.1f}" if r else "— | —"
+                     for r in (rows["encode"], rows.get("saliency"))]
             print(f"| {side}×{side} | {side * side * 4 / 2**20:.0f} | {cells[0]} | {cells[1]} |")
         print(f"\n(total {time.perf_counter() - started:.0f} s)")
 

@@ -26,7 +26,7 @@ def test_writes_raw_map_and_figure_per_image(tmp_path, tiny_model_file, capsys):
     wide = write_png(tmp_path / "in" / "sub" / "wide.png", synthetic_micrograph(48, 300, seed=2))
     out = tmp_path / "out"
     rc = main(["saliency", str(tmp_path / "in"), "--model", str(tiny_model_file),
-               "--out", str(out), "--no-progress"])
+               "--out", str(out), "--mode", "tile", "--no-progress"])
     assert rc == 0
     encoder = load_model(tiny_model_file).encoder
     for path in (small, wide):
@@ -43,7 +43,8 @@ def test_writes_raw_map_and_figure_per_image(tmp_path, tiny_model_file, capsys):
         with Image.open(out / f"{path.stem}.saliency.png") as figure:
             assert figure.format == "PNG" and figure.width > figure.height
     stdout = capsys.readouterr().out
-    assert "small.png: max relevance" in stdout and "kink-affected pixels" in stdout
+    assert "small.png: max relevance" in stdout and "(tile mode)" in stdout
+    assert "kink-affected pixels" in stdout
     assert not list(out.glob(".*.tmp"))
 
 
@@ -59,13 +60,39 @@ def test_whole_mode_is_the_relevance_of_the_whole_image(tmp_path, tiny_model_fil
     np.testing.assert_allclose(np.load(out / "odd.relevance.npy"), expected, rtol=2e-5, atol=0)
 
 
-def test_whole_mode_windows_equal_one_pass_over_the_image(tiny_model):
-    pixels = synthetic_micrograph(120, 100, seed=4).astype(np.float32) / 255
-    encoder = tiny_model.encoder.double()
-    windowed = micrograph_relevance(encoder, pixels, "vjp", mode="whole", tile=48).relevance
-    whole = torch.from_numpy(pixels).double()[None, None]
-    expected = relevance(encoder, whole, "vjp")[0].numpy()
-    np.testing.assert_allclose(windowed, expected.astype(np.float32), rtol=1e-6, atol=0)
+@pytest.mark.parametrize("method", ["vjp", "jvp"])  # bands of latent rows; pixel strips
+@pytest.mark.parametrize("channels", [(4, 4), (6, 4, 4, 3)])  # latent stride 4; 16
+def test_whole_mode_in_pieces_equals_one_pass_over_the_image(monkeypatch, method, channels):
+    from microcae.models.cae import CAE, CAEConfig
+    from microcae.saliency import maps
+
+    torch.manual_seed(1)
+    encoder = CAE(CAEConfig(channels=channels)).encoder.double().eval()
+    pixels = synthetic_micrograph(150, 70, seed=4).astype(np.float64) / 255
+    stride = maps.latent_stride(encoder)
+    height = -(-150 // stride) * stride
+    whole = torch.from_numpy(reflect_pad(pixels, height, -(-70 // stride) * stride))[None, None]
+    expected = relevance(encoder, whole, method)[0, :150, :70].numpy()
+    monkeypatch.setattr(maps, "WHOLE_PIXELS", 40 * whole.shape[3])  # several pieces
+    pieces = micrograph_relevance(encoder, pixels, method, mode="whole")
+    assert pieces.mode == "whole" and pieces.relevance.dtype == np.float32
+    np.testing.assert_allclose(pieces.relevance, expected, rtol=1e-6, atol=0)
+
+
+def test_the_default_mode_is_whole_for_images_larger_than_a_tile(tmp_path, tiny_model_file,
+                                                                 capsys):
+    wide = write_png(tmp_path / "wide.png", synthetic_micrograph(40, 300, seed=2))
+    small = write_png(tmp_path / "small.png", synthetic_micrograph(40, 56, seed=1))
+    assert main(["saliency", str(wide), str(small), "--model", str(tiny_model_file), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "wide.png: max relevance" in stdout and "(whole mode)" in stdout
+    assert "small.png: max relevance" in stdout and "(tile mode)" in stdout
+    pixels = read_micrograph(wide).pixels
+    latent = torch.from_numpy(reflect_pad(pixels, 40, 300))[None, None]  # stride 4: no padding
+    expected = relevance(load_model(tiny_model_file).encoder, latent, "vjp")[0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "wide.relevance.npy"), expected,
+                               rtol=2e-5, atol=0)
 
 
 def test_method_choices_are_read_from_the_registry():
@@ -81,6 +108,8 @@ def test_method_choices_are_read_from_the_registry():
     (["--method", "nope"], "nope"),
     (["--method", "gbp", "--mode", "whole"], "--mode whole needs"),
     (["--method", "gbp", "--precision", "complex128"], "--precision applies"),
+    (["--clip", "50", "10"], "--clip needs 0 <= LOW < HIGH <= 100"),
+    (["--device", "tpu"], "device"),
 ])
 def test_bad_options_fail_with_one_line_and_no_output(tmp_path, tiny_model_file, capsys, args,
                                                       message):
@@ -141,4 +170,6 @@ def test_whole_mode_needs_blocks_aligned_with_the_latent_grid(tiny_model):
 
     pixels = np.zeros((40, 40), dtype=np.float32)
     with pytest.raises(MicrocaeError, match="multiple of the latent stride 4"):
-        micrograph_relevance(tiny_model.encoder, pixels, "vjp", mode="whole", tile=30)
+        micrograph_relevance(tiny_model.encoder, pixels, "vjp", mode="tile", tile=30)
+    with pytest.raises(MicrocaeError, match="mode must be"):
+        micrograph_relevance(tiny_model.encoder, pixels, "vjp", mode="strips")

@@ -271,3 +271,71 @@ def test_only_a_one_channel_input_convolution_is_fused():
     twins = complexify(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
                                      nn.MaxPool2d(2))).twins
     assert not any(isinstance(t, InputConvPoolTwin) for t in twins)
+
+
+TWO_STAGE_GEOMETRIES = [  # (conv1 kernel, padding, pool1), (conv2 kernel, padding, pool2), size
+    ((3, 1, 2), (3, 1, 2), (36, 44)),
+    (((3, 5), (1, 2), (2, 3)), ((5, 3), (2, 0), (3, 2)), (41, 50)),
+    ((3, 0, 2), (3, 0, 2), (35, 29)),
+    ((3, 1, 4), (3, 1, 3), (47, 45)),
+]
+
+
+def two_stage(first, second, seed=0):
+    torch.manual_seed(seed)
+    (k1, p1, s1), (k2, p2, s2) = first, second
+    return nn.Sequential(nn.Conv2d(1, 5, k1, padding=p1), nn.ReLU(), nn.MaxPool2d(s1),
+                         nn.Conv2d(5, 4, k2, padding=p2), nn.ReLU(), nn.MaxPool2d(s2)).double()
+
+
+@pytest.mark.parametrize(("first", "second", "size"), TWO_STAGE_GEOMETRIES)
+def test_fused_two_stages_transpose_like_the_twins_in_turn(first, second, size):
+    from microcae.saliency.canonizers import InputConvPoolTwin, InputTwoStageTwin, ReLUMaxPoolTwin
+    from microcae.saliency.twins import Conv2dTwin
+
+    encoder = two_stage(first, second)
+    fused = complexify(encoder).twins
+    assert len(fused) == 1 and isinstance(fused[0], InputTwoStageTwin)
+    parts = [InputConvPoolTwin(Conv2dTwin(encoder[0]), ReLUMaxPoolTwin(encoder[1], encoder[2])),
+             Conv2dTwin(encoder[3]), ReLUMaxPoolTwin(encoder[4], encoder[5])]
+    x = torch.randn(2, 1, *size, dtype=torch.float64)
+    out, state = fused[0].real(x)
+    states, value = [], x
+    for part in parts:
+        value, part_state = part.real(value)
+        states.append(part_state)
+    assert torch.equal(out, value) and torch.equal(out, encoder(x))
+    ct = torch.randn(2 * 3, *out.shape[1:], dtype=torch.float64)
+    expected = ct
+    for part, part_state in zip(reversed(parts), reversed(states), strict=True):
+        expected = part.cotangent(part_state, expected)
+    got = fused[0].cotangent(state, ct.contiguous(memory_format=torch.channels_last))
+    assert got.shape == (6, 1, *size)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max().item())
+    torch.testing.assert_close(fused[0].cotangent(state, ct), got, rtol=1e-13, atol=0)  # cached
+    im = torch.randn(6, 1, *size, dtype=torch.float64)
+    reference = im
+    for part, part_state in zip(parts, states, strict=True):
+        reference = part.tangent(part_state, reference)
+    torch.testing.assert_close(fused[0].tangent(state, im), reference, rtol=1e-13, atol=0)
+
+
+def test_fused_two_stages_skip_dead_channels_and_untouched_blocks(monkeypatch):
+    from microcae.saliency import canonizers
+
+    monkeypatch.setattr(canonizers, "BLOCK", 4)  # several blocks on a small image
+    encoder = two_stage((3, 1, 2), (3, 1, 2), seed=2)
+    with torch.no_grad():
+        encoder[3].bias[1] = -1e3  # channel 1 of the second stage never positive: dead
+    twin = complexify(encoder).twins[0]
+    x = torch.rand(1, 1, 64, 48, dtype=torch.float64)
+    out, state = twin.real(x)
+    assert not (out[:, 1] > 0).any()
+    ct = torch.randn(3, *out.shape[1:], dtype=torch.float64)
+    ct[:, :, 8:] = 0  # rows no seeded unit reaches: their blocks are skipped
+    jacobian = torch.func.jacrev(lambda z: encoder(z[None])[0])(x[0])  # (C, h, w, 1, H, W)
+    expected = torch.einsum("kchw,chwxy->kxy", ct, jacobian[:, :, :, 0])
+    got = twin.cotangent(state, ct)[:, 0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max().item())
+    cached = [key for key in state[3][torch.float64] if key != "bytes"]
+    assert cached and all(key[1] < 8 for key in cached)  # only blocks that were reached

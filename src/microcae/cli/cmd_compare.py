@@ -14,7 +14,7 @@ from microcae.cli.options import (
     progress_option,
 )
 
-ENGINE_CHOICE = LazyChoice(("vjp", "complex-step", "jvp"),
+ENGINE_CHOICE = LazyChoice(("vjp", "complex-step-coloured", "jvp", "complex-step-naive"),
                           "microcae.evaluation.comparison:EXACT_ENGINES")
 
 

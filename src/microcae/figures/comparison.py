@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.ndimage import gaussian_filter
 
+from microcae.figures.saliency import CLIP_PERCENTILES, clip_note, robust_limits
 from microcae.figures.style import new_figure
 
 SMOOTHING_SIGMA = 1.0
@@ -15,8 +16,11 @@ SMOOTHING_SIGMA = 1.0
 COLOUR_MAP = "bwr"
 """Blue-white-red: red = high relevance."""
 
+
 def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
-    """Colour range of one map: its own min..max, or symmetric about 0 if it has both signs.
+    """Colour range of one map: robust percentiles, symmetric about 0 if it has both signs.
+
+    See :func:`microcae.figures.saliency.robust_limits` (0.5–99.5 %: outliers saturate).
 
     Parameters
     ----------
@@ -26,13 +30,9 @@ def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
     Returns
     -------
     tuple[float, float]
-        ``(vmin, vmax)``; for signed maps ``(-m, m)`` with ``m = max |map|``, so white is 0.
+        ``(vmin, vmax)``.
     """
-    low, high = float(np.min(smoothed)), float(np.max(smoothed))
-    if low < 0 < high:
-        bound = max(-low, high)
-        return -bound, bound
-    return low, high if high > low else low + 1.0
+    return robust_limits(smoothed, CLIP_PERCENTILES)
 
 
 def comparison_figure(
@@ -97,7 +97,8 @@ def comparison_grid(
             image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
             axis.set_title(name)
             bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05,
-                                  pad=0.04)
+                                  pad=0.04, extend="both")
+            bar.set_label(clip_note(CLIP_PERCENTILES), fontsize=6)
             bar.ax.tick_params(labelsize=6)
             bar.ax.locator_params(nbins=4)
         for axis in row_axes:

@@ -41,9 +41,8 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None,
         [f"PSNR {r.scores.psnr_db:.1f} dB, SSIM {r.scores.ssim:.3f}" for r in reconstructions],
     )
     written["reconstructed images"] = out_dir / "reconstructions"
-    maps = saliency_files(samples, model.encoder, out_dir / "saliency", method="vjp",
-                          progress=progress)
-    written["saliency maps (complex-step relevance, exact, via vjp)"] = out_dir / "saliency"
+    maps = saliency_files(samples, model.encoder, out_dir / "saliency", progress=progress)
+    written["saliency maps (complex-step relevance, exact)"] = out_dir / "saliency"
     written["saliency figure"] = maps[0].figure
     comparison = compare_images(model, [SAMPLES_DIR / COMPARISON_SAMPLE], tiles_per_image=1,
                                 sanity_check=False, progress=progress)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from microcae.data.images import read_micrograph
-from microcae.figures.saliency import plot_saliency
+from microcae.figures.saliency import CLIP_PERCENTILES, Style, plot_saliency
 from microcae.saliency.maps import Mode, micrograph_relevance
 from microcae.saliency.registry import STUDY_METHOD
 from microcae.util.atomic import atomic_path
@@ -32,6 +32,7 @@ class SaliencyOutput:
     figure: Path
     max_relevance: float
     kink_pixels: int
+    mode: str
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -40,7 +41,8 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 
 
 def saliency_files(paths: Sequence[Path], encoder: nn.Module, out_dir: str | Path,
-                   method: str = STUDY_METHOD, mode: Mode = "tile", progress: bool = True,
+                   method: str = STUDY_METHOD, mode: Mode = "auto", progress: bool = True,
+                   percentiles: tuple[float, float] = CLIP_PERCENTILES, style: Style = "side",
                    **options: Any) -> list[SaliencyOutput]:
     """Write ``<stem>.relevance.npy`` and ``<stem>.saliency.png`` for every image.
 
@@ -56,9 +58,13 @@ def saliency_files(paths: Sequence[Path], encoder: nn.Module, out_dir: str | Pat
     out_dir
         Output folder (created if missing).
     method, mode, options
-        See :func:`microcae.saliency.maps.micrograph_relevance`.
+        See :func:`microcae.saliency.maps.micrograph_relevance` (``mode="auto"``: the whole
+        image's latent for images larger than a tile, the study's tiles otherwise).
     progress
         Show progress bars over images and tiles.
+    percentiles, style
+        Colour limits and layout of the figure, see :func:`microcae.figures.saliency.
+        plot_saliency`.
 
     Returns
     -------
@@ -86,7 +92,8 @@ def saliency_files(paths: Sequence[Path], encoder: nn.Module, out_dir: str | Pat
         npy = out_dir / f"{stem}.relevance.npy"
         _save_npy(result.relevance, npy)
         figure = plot_saliency(pixels, result.relevance, out_dir / f"{stem}.saliency.png",
-                               title=f"{Path(path).name}: {method}")
+                               title=f"{Path(path).name}: {method} ({result.mode} mode)",
+                               percentiles=percentiles, style=style)
         written.append(SaliencyOutput(Path(path), npy, figure, float(result.relevance.max()),
-                                      result.kink_pixels))
+                                      result.kink_pixels, result.mode))
     return written

@@ -40,7 +40,7 @@ from microcae.saliency.footprint import (
 )
 from microcae.saliency.layers import complexify
 from microcae.saliency.registry import METHODS, STUDY_METHOD, fastest_exact, register
-from microcae.saliency.twins import per_sample
+from microcae.saliency.twins import SequentialTwin, Twin, per_sample
 from microcae.util.errors import MicrocaeError
 
 DEFAULT_H = 1e-24
@@ -69,7 +69,8 @@ def _at_precision(encoder: nn.Module, x: torch.Tensor,
     return encoder, x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _chunk_size(chunk: int | None, footprint: Footprint, x: torch.Tensor, copies: int) -> int:
+def _chunk_size(chunk: int | None, footprint: Footprint | None, x: torch.Tensor,
+                copies: int) -> int:
     """Return ``chunk``, or how many passes fit :data:`BATCH_BYTES` (``copies`` activations)."""
     if chunk is None:
         per_pass = footprint.peak * x.shape[0] * x.element_size() * copies
@@ -132,12 +133,13 @@ def complex_step_naive(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H
     n, _, height, width = x.shape
     pixels = height * width if limit is None else min(limit, height * width)
     chunk = _chunk_size(chunk, encoder_footprint(encoder, x), x[:1], copies=8)
-    r = torch.full((n, height * width), torch.nan, dtype=x.dtype)
+    r = torch.full((n, height * width), torch.nan, dtype=x.dtype, device=x.device)
     for image in range(n):
         for start in _chunks(pixels, chunk, "complex-step passes", progress):
             stop = min(start + chunk, pixels)
-            im = torch.zeros(stop - start, height * width, dtype=x.dtype)
-            im[torch.arange(stop - start), torch.arange(start, stop)] = h
+            im = torch.zeros(stop - start, height * width, dtype=x.dtype, device=x.device)
+            rows = torch.arange(stop - start, device=x.device)
+            im[rows, torch.arange(start, stop, device=x.device)] = h
             re = x[image : image + 1].expand(stop - start, -1, -1, -1)
             _, im_out = twin((re.contiguous(memory_format=torch.channels_last),
                               im.view(-1, 1, height, width)))
@@ -156,11 +158,11 @@ def _coloured_forward(push: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     """Return r from forward colour classes; ``push`` maps (N·K, 1, H, W) seeds to columns."""
     periods = footprint.forward_periods
     n, _, height, width = x.shape
-    r2 = torch.zeros(n, height, width, dtype=x.dtype)
+    r2 = torch.zeros(n, height, width, dtype=x.dtype, device=x.device)
     total = periods[0] * periods[1]
     for start in _chunks(total, chunk, label, progress):
         classes = range(start, min(start + chunk, total))
-        masks = pixel_classes((height, width), periods, classes, x.dtype)
+        masks = pixel_classes((height, width), periods, classes, x.dtype, x.device)
         seeds = masks[None].expand(n, -1, -1, -1).reshape(-1, 1, height, width)
         columns = push(seeds.contiguous(memory_format=torch.channels_last))
         squares = _latent_squares(columns, n, footprint.flat)
@@ -249,50 +251,96 @@ def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         return _each_image(one, x)
 
 
-@register("vjp", "vjp", "engine", exact=True, local=True, preference=0)
 @torch.no_grad()
-def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
-        chunk: int | None = None, progress: bool = False) -> torch.Tensor:
-    """Reverse mode: latent units with disjoint input supports seeded together.
+def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | None = None,
+                    precision: str | None = None, chunk: int | None = None,
+                    progress: bool = False) -> torch.Tensor:
+    """Sum of squared derivatives of the latent units in ``latent_rows``, per pixel (reverse mode).
 
     One real pass records the linearisation (ReLU masks, max-pool winners); batches of
     cotangents are then pulled back through the transposed layers. In one cotangent class no two
     seeded units see the same pixel, so each pixel's squared gradient is exactly one unit's
-    squared derivative, and summing over the classes gives r² directly.
+    squared derivative, and summing over the classes gives the sum over units. With every row,
+    this is r²; over a partition of the latent rows the parts add up to r² (how whole
+    micrographs are mapped in bands, each unit pulled back once).
+
+    Parameters
+    ----------
+    encoder, x, precision, progress
+        As :func:`complex_step_naive`.
+    latent_rows
+        Rows of the latent grid whose units are seeded (all if None).
+    chunk
+        Cotangents pulled back together; default: as many as fit :data:`BATCH_BYTES` (for
+        a 256² tile of the study encoder, all 72 in one batch).
+
+    Returns
+    -------
+    torch.Tensor
+        (N, H, W) sums of squares, real dtype of ``precision``, on ``x``'s device.
+    """
+    encoder, x = _at_precision(encoder, x, precision)
+    twin = complexify(encoder)
+    footprint = encoder_footprint(encoder, x)
+    periods = footprint.reverse_periods
+
+    def one(image: torch.Tensor) -> torch.Tensor:
+        out, state = twin.real(image)
+        latent = (out.numel(), 1, 1) if footprint.flat else tuple(out.shape[1:])
+        rows = range(latent[1]) if latent_rows is None or footprint.flat else latent_rows
+        phases = {r % periods[0] for r in rows}  # row phases of the seeded units
+        spatial = periods[0] * periods[1]
+        classes = [c for c in range(spatial * latent[0]) if (c % spatial) // periods[1] in phases]
+        size = _reverse_chunk(chunk, twin, state, image, out, len(classes))
+        r2 = torch.zeros(image.shape[2:], dtype=image.dtype, device=image.device)
+        for start in _chunks(len(classes), size, "vjp passes", progress):
+            seeds = latent_classes(latent, periods, classes[start : start + size], image.dtype,
+                                   image.device)
+            seeds[:, :, : rows.start] = 0
+            seeds[:, :, rows.stop :] = 0
+            seeds = seeds.reshape(-1, *out.shape[1:])
+            if seeds.dim() == 4:
+                seeds = seeds.contiguous(memory_format=torch.channels_last)
+            r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
+        return r2[None]
+
+    return _each_image(one, x)
+
+
+@register("vjp", "vjp", "engine", exact=True, local=True, preference=0,
+          by_units=reverse_squares)
+def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
+        chunk: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Reverse mode: latent units with disjoint input supports seeded together.
+
+    r = sqrt(:func:`reverse_squares` over every latent row); see there.
 
     Parameters
     ----------
     encoder, x, precision, progress
         As :func:`complex_step_naive`.
     chunk
-        Cotangents pulled back together; default: as many as fit about 256 MiB.
+        Cotangents pulled back together; default: as many as fit :data:`BATCH_BYTES` (for
+        a 256² tile of the study encoder, all 72 in one batch).
 
     Returns
     -------
     torch.Tensor
-        (N, H, W) relevance, real dtype of ``precision``.
+        (N, H, W) relevance, real dtype of ``precision``, on ``x``'s device.
     """
-    encoder, x = _at_precision(encoder, x, precision)
-    twin = complexify(encoder)
-    footprint = encoder_footprint(encoder, x)
-    periods = footprint.reverse_periods
-    chunk = _chunk_size(chunk, footprint, x[:1], copies=4)
+    return reverse_squares(encoder, x, None, precision, chunk, progress).sqrt()
 
-    def one(image: torch.Tensor) -> torch.Tensor:
-        out, state = twin.real(image)
-        latent = (out.numel(), 1, 1) if footprint.flat else tuple(out.shape[1:])
-        r2 = torch.zeros(1, *image.shape[2:], dtype=image.dtype)
-        total = periods[0] * periods[1] * latent[0]
-        for start in _chunks(total, chunk, "vjp passes", progress):
-            classes = range(start, min(start + chunk, total))
-            seeds = latent_classes(latent, periods, classes, image.dtype)
-            seeds = seeds.reshape(-1, *out.shape[1:])
-            if seeds.dim() == 4:
-                seeds = seeds.contiguous(memory_format=torch.channels_last)
-            r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
-        return r2.sqrt()
 
-    return _each_image(one, x)
+def _reverse_chunk(chunk: int | None, twin: Twin, state: Any, image: torch.Tensor,
+                   out: torch.Tensor, total: int) -> int:
+    """Return ``chunk``, or how many cotangents fit :data:`BATCH_BYTES` (all ``total`` at most)."""
+    if chunk is not None:
+        return _chunk_size(chunk, None, image, 1)
+    if isinstance(twin, SequentialTwin):
+        values = twin.workspace(state)
+    else:
+        values = twin.workspace(state, image[0].numel(), out[0].numel())
+    return max(1, min(total, BATCH_BYTES // (values * image.element_size())))
 
 
 def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:

@@ -24,6 +24,7 @@ the latent is then read as (D, 1, 1) and every pixel conflicts with every other.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,13 @@ class Footprint:
         return worst
 
 
+def _on_meta(layer: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """Run ``layer`` on a meta tensor with meta copies of its parameters (the output's shape)."""
+    tensors = {name: torch.empty_like(t, device="meta")
+               for name, t in (*layer.named_parameters(), *layer.named_buffers())}
+    return torch.func.functional_call(layer, tensors, (probe,))
+
+
 @torch.no_grad()
 def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     """Derive the latent footprint of every pixel from the encoder's layers.
@@ -146,8 +154,8 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     encoder
         An ``nn.Sequential`` (nested allowed) of layers with complex twins.
     x
-        (N, C, H, W) input whose first sample is run once through the layers to learn their
-        output sizes (values do not matter).
+        (N, C, H, W) input; only its shape and dtype are used (the layers run on meta tensors
+        to learn their output sizes, without arithmetic).
 
     Returns
     -------
@@ -159,13 +167,13 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     MicrocaeError
         For a layer not in :data:`microcae.saliency.layers.LAYERS`.
     """
-    probe = torch.zeros_like(x[:1])
+    probe = torch.zeros(x[:1].shape, dtype=x.dtype, device="meta")  # sizes only, no arithmetic
     peak = probe.numel()
     axes = [AxisFootprint.identity(x.shape[2]), AxisFootprint.identity(x.shape[3])]
     flat = False
     for path, layer in leaves(encoder):
         reach = layer_kind(layer, path).reach
-        out = layer(probe)
+        out = _on_meta(layer, probe)
         peak = max(peak, out.numel())
         if reach is None and not flat:
             flat = True
@@ -181,7 +189,7 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     return Footprint(axes[0], axes[1], flat, peak)
 
 
-def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: range,
+def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: Sequence[int],
                   dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """0/1 indicator images of forward colour classes.
 
@@ -199,7 +207,7 @@ def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: ran
     return (colour[None] == wanted[:, None, None]).to(dtype)
 
 
-def latent_classes(shape: tuple[int, int, int], periods: tuple[int, int], classes: range,
+def latent_classes(shape: tuple[int, int, int], periods: tuple[int, int], classes: Sequence[int],
                    dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """0/1 cotangent seeds of reverse colour classes on a (C, h, w) latent.
 
@@ -244,20 +252,22 @@ def footprint_sums(squares: torch.Tensor, footprint: Footprint, periods: tuple[i
     height, width = len(rows.lo), len(cols.lo)
     colour = (np.arange(height)[:, None] % periods[0]) * periods[1] + (
         np.arange(width)[None, :] % periods[1])
-    member = torch.from_numpy((colour >= classes.start) & (colour < classes.stop))
-    slot = torch.from_numpy(np.clip(colour - classes.start, 0, len(classes) - 1))
+    device = squares.device
+    member = torch.from_numpy((colour >= classes.start) & (colour < classes.stop)).to(device)
+    slot = torch.from_numpy(np.clip(colour - classes.start, 0, len(classes) - 1)).to(device)
     out = torch.zeros(squares.shape[0], height, width, dtype=squares.dtype,
                       device=squares.device)
     extent_r = int((rows.hi - rows.lo).max(initial=-1)) + 1
     extent_c = int((cols.hi - cols.lo).max(initial=-1)) + 1
     for du in range(extent_r):
         r_index = rows.lo + du
-        r_valid = torch.from_numpy(r_index <= rows.hi)
-        r_index = torch.from_numpy(np.clip(r_index, 0, squares.shape[2] - 1))
+        r_valid = torch.from_numpy(r_index <= rows.hi).to(device)
+        r_index = torch.from_numpy(np.clip(r_index, 0, squares.shape[2] - 1)).to(device)
         for dv in range(extent_c):
             c_index = cols.lo + dv
-            valid = member & r_valid[:, None] & torch.from_numpy(c_index <= cols.hi)[None, :]
-            c_index = torch.from_numpy(np.clip(c_index, 0, squares.shape[3] - 1))
+            c_valid = torch.from_numpy(c_index <= cols.hi).to(device)
+            valid = member & r_valid[:, None] & c_valid[None, :]
+            c_index = torch.from_numpy(np.clip(c_index, 0, squares.shape[3] - 1)).to(device)
             picked = squares[:, slot, r_index[:, None], c_index[None, :]]
             out += torch.where(valid, picked, 0.0)
     return out

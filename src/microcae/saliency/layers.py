@@ -10,7 +10,10 @@ the table :data:`LAYERS`:
 - :func:`microcae.saliency.kinks.kink_pixels` asks each kind's ``kinks`` where its derivative is
   one-sided.
 
-To support a new layer type, add one :class:`LayerKind` here.
+To support a new layer type, add one :class:`LayerKind` here (or, for a type defined in a
+higher package, pass it to :func:`register_layer_kind`). Generalised divisive normalisation
+(GDN, the codec's nonlinearity) has :class:`~microcae.saliency.twins.GDNTwin` with
+:func:`pointwise_reach` and no kinks.
 """
 
 from __future__ import annotations
@@ -186,6 +189,25 @@ LAYERS: tuple[LayerKind, ...] = (
 """Every supported layer family. Add an entry to support a new layer type."""
 
 _BY_TYPE = {layer_type: kind for kind in LAYERS for layer_type in kind.types}
+
+
+def register_layer_kind(kind: LayerKind) -> None:
+    """Add a layer kind whose torch type is defined elsewhere (e.g. a GDN module).
+
+    Parameters
+    ----------
+    kind
+        The kind; its types must not have a kind yet.
+
+    Raises
+    ------
+    ValueError
+        If one of its types already has a kind.
+    """
+    taken = [t.__name__ for t in kind.types if t in _BY_TYPE]
+    if taken:
+        raise ValueError(f"layer types {taken} already have a kind")
+    _BY_TYPE.update(dict.fromkeys(kind.types, kind))
 
 
 def layer_kind(layer: nn.Module, path: str = "encoder") -> LayerKind:

@@ -59,6 +59,10 @@ class Method:
         Shown in the study's Fig. 11 (the method and the baselines it compared).
     conservation
         Check of a quantity the method conserves (LRP: the latent sum), or None.
+    by_units
+        ``by_units(encoder, x, latent_rows, **options) -> (N, H, W)``: the part of r² that the
+        latent units of ``latent_rows`` contribute, or None. The parts of a partition of the
+        rows add up to r², so whole images can be mapped band by band, each unit once.
     """
 
     name: str
@@ -70,6 +74,7 @@ class Method:
     preference: int = 0
     study: bool = False
     conservation: ConservationCheck | None = None
+    by_units: RelevanceMethod | None = None
 
 
 METHODS: dict[str, Method] = {}

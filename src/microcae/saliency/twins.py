@@ -71,6 +71,10 @@ class Twin(nn.Module):
         _, pull = torch.func.vjp(lambda t: self.tangent(state, t), zeros)
         return pull(ct)[0]
 
+    def workspace(self, state: Any, values_in: int, values_out: int) -> int:
+        """Values held per cotangent while :meth:`cotangent` runs (sizes per real sample)."""
+        return values_in + values_out
+
     def forward(self, z: Pair) -> Pair:
         """Complex pass: ``(re, im) -> (layer(re), imaginary part of the complex layer)``."""
         out, state = self.real(z[0])
@@ -187,22 +191,27 @@ class MaxPool2dTwin(Twin):
                 and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode)
 
     def real(self, re: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """Run the pool; the state holds the argmax indices (torch's) and a 0/1 winner map."""
+        """Run the pool; the state holds the input shape, torch's argmax indices and a cache."""
         pool = self.module
         out, index = F.max_pool2d(re, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                   pool.ceil_mode, return_indices=True)
-        winner = None
-        if self.non_overlapping():
-            flat = torch.zeros(re.shape[0], re.shape[1], re.shape[2] * re.shape[3],
-                               dtype=re.dtype, device=re.device)
+        return out, (re.shape, index, {"layout": _layout(re)})
+
+    def _winner(self, state: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """(N, C, H, W) 0/1 map of the argmaxes (built on first use, for forward mode)."""
+        shape, index, cache = state
+        if dtype not in cache:
+            flat = torch.zeros(shape[0], shape[1], shape[2] * shape[3], dtype=dtype,
+                               device=index.device)
             flat.scatter_(2, index.flatten(2), 1.0)
-            winner = flat.view(re.shape).contiguous(memory_format=_layout(re))
-        return out, (re.shape, index, winner)
+            cache[dtype] = flat.view(shape).contiguous(memory_format=cache["layout"])
+        return cache[dtype]
 
     def tangent(self, state: tuple, im: torch.Tensor) -> torch.Tensor:
         """Read ``im`` at each window's argmax."""
-        shape, index, winner = state
-        if winner is not None:  # exact: one non-zero per window, summed with zeros
+        shape, index, _ = state
+        if self.non_overlapping():  # exact: one non-zero per window, summed with zeros
+            winner = self._winner(state, im.dtype)
             k = _pair(self.module.kernel_size)
             return F.avg_pool2d(_scale(winner, im), k, k, divisor_override=1)
         n, c = index.shape[:2]
@@ -212,9 +221,9 @@ class MaxPool2dTwin(Twin):
 
     def cotangent(self, state: tuple, ct: torch.Tensor) -> torch.Tensor:
         """Send each cotangent to its window's argmax (adding up where windows share it)."""
-        shape, index, winner = state
+        shape, index, _ = state
         n, c = index.shape[:2]
-        if winner is not None:  # windows do not overlap: each argmax receives one value
+        if self.non_overlapping():  # windows do not overlap: each argmax receives one value
             k = _pair(self.module.kernel_size)
             per_row = index.expand(ct.shape[0], -1, -1, -1) if n == 1 else \
                 index.repeat_interleave(ct.shape[0] // n, dim=0)
@@ -251,6 +260,50 @@ class BatchNorm2dTwin(Twin):
         return ct * self._factor().to(ct.dtype)
 
 
+class GDNTwin(Twin):
+    """Generalised divisive normalisation y = x · (β + Γ(x·x))^(∓1/2) (GDN; IGDN with ``+``).
+
+    Ballé, Laparra & Simoncelli (2016): per position, ``n_i = β_i + Σ_j Γ_ij x_j²`` and
+    ``y_i = x_i n_i^(-1/2)`` (``n_i^(+1/2)`` for the inverse, ``module.inverse``). The wrapped
+    module must expose ``gamma`` (C, C), ``beta`` (C,) and optionally ``inverse``. The twin is the
+    complex-analytic function at ``z = a + i·b``, with the square ``z·z = a² − b² + 2i·ab``
+    (never ``|z|²``) and the complex power taken in polar form (``atan2`` keeps an imaginary
+    part of 1e-24 that ``n_re + n_im`` would lose): ``Im y = a·Im r(n) + b·Re r(n)``.
+    """
+
+    def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+        gamma = self.module.gamma.detach().to(dtype)
+        power = 0.5 if getattr(self.module, "inverse", False) else -0.5
+        return gamma[:, :, None, None], self.module.beta.detach().to(dtype), power
+
+    def real(self, re: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the layer; the state is the (N, C, H, W) input and its norm n = β + Γ(x²)."""
+        gamma, beta, _ = self._weights(re.dtype)
+        return self.module(re), (re, F.conv2d(re * re, gamma, beta))
+
+    def tangent(self, state: tuple[torch.Tensor, torch.Tensor], im: torch.Tensor) -> torch.Tensor:
+        """Imaginary part of the complex GDN at ``re + i·im`` (linear in ``im`` up to O(im³))."""
+        a, _ = state
+        gamma, beta, power = self._weights(im.dtype)
+        b = per_sample(im, a.shape[0])
+        a = a.unsqueeze(1)
+        n_re = F.conv2d((a * a - b * b).reshape(im.shape), gamma, beta)
+        n_im = F.conv2d((2 * a * b).reshape(im.shape), gamma)
+        size, angle = torch.hypot(n_re, n_im).pow(power), torch.atan2(n_im, n_re) * power
+        r_re, r_im = per_sample(size * torch.cos(angle), a.shape[0]), per_sample(
+            size * torch.sin(angle), a.shape[0])
+        return (a * r_im + b * r_re).reshape(im.shape)
+
+    def cotangent(self, state: tuple[torch.Tensor, torch.Tensor],
+                  ct: torch.Tensor) -> torch.Tensor:
+        """Transpose of the derivative ``dx·r(n) + x·r'(n)·Γ(2x·dx)`` at the real input."""
+        x, norm = state
+        gamma, _, power = self._weights(ct.dtype)
+        factor, slope = norm.pow(power), power * norm.pow(power - 1)  # r(n), r'(n)
+        mixed = F.conv_transpose2d(_scale(x * slope, ct), gamma)  # Γᵀ(ct · x · r'(n))
+        return _scale(factor, ct) + _scale(2 * x, mixed)
+
+
 class SequentialTwin(Twin):
     """nn.Sequential: the twins of its children in order (nested containers allowed)."""
 
@@ -258,22 +311,30 @@ class SequentialTwin(Twin):
         super().__init__(module)
         self.twins = nn.ModuleList(twins)
 
-    def real(self, re: torch.Tensor) -> tuple[torch.Tensor, list]:
-        """Run every real layer; the state is the list of the children's states."""
-        states = []
+    def real(self, re: torch.Tensor) -> tuple[torch.Tensor, tuple[list, list]]:
+        """Run every real layer; the state lists the children's states and value counts."""
+        states, sizes = [], []
         for twin in self.twins:
+            before = re[0].numel()
             re, state = twin.real(re)
             states.append(state)
-        return re, states
+            sizes.append((before, re[0].numel()))
+        return re, (states, sizes)
 
-    def tangent(self, state: list, im: torch.Tensor) -> torch.Tensor:
+    def tangent(self, state: tuple[list, list], im: torch.Tensor) -> torch.Tensor:
         """Push ``im`` through the children's tangent maps."""
-        for twin, inner in zip(self.twins, state, strict=True):
+        for twin, inner in zip(self.twins, state[0], strict=True):
             im = twin.tangent(inner, im)
         return im
 
-    def cotangent(self, state: list, ct: torch.Tensor) -> torch.Tensor:
+    def cotangent(self, state: tuple[list, list], ct: torch.Tensor) -> torch.Tensor:
         """Pull ``ct`` back through the children's transposes in reverse order."""
-        for twin, inner in zip(reversed(self.twins), reversed(state), strict=True):
+        for twin, inner in zip(reversed(self.twins), reversed(state[0]), strict=True):
             ct = twin.cotangent(inner, ct)
         return ct
+
+    def workspace(self, state: tuple[list, list], values_in: int = 0,
+                  values_out: int = 0) -> int:
+        """Largest workspace of any child (values per cotangent)."""
+        return max(twin.workspace(inner, *size)
+                   for twin, inner, size in zip(self.twins, *state, strict=True))
