@@ -8,13 +8,13 @@ Run (about 5 minutes on 2 CPU cores with the defaults)::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from microcae.data.dataset import load_dataset
-from microcae.evaluation.attack import attack_table, decoder_attack
+from microcae.evaluation.attack import decoder_attack
 from microcae.models.cae import load_model
 from microcae.util.atomic import write_text_atomic
+from microcae.util.table_writer import json_text
 
 
 def main() -> None:  # noqa: D103
@@ -30,11 +30,11 @@ def main() -> None:  # noqa: D103
     args = parser.parse_args()
     report = decoder_attack(load_model(args.model), load_dataset(args.data), args.eval_tiles,
                             args.leaks, args.steps, args.batch, args.seed)
-    table = attack_table(report)
-    write_text_atomic(args.out / "attack.json", json.dumps(report, indent=1) + "\n")
+    table = report.to_table().markdown()
+    write_text_atomic(args.out / "attack.json", json_text(report.to_json()))
     write_text_atomic(args.out / "attack.md", table)
     print(table, end="")
-    print(f"{report['seconds']} s")
+    print(f"{report.seconds} s")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,8 +14,11 @@ from conftest import synthetic_micrograph, write_png
 
 from microcae.cli import main
 from microcae.data.dataset import prepare_dataset
+from microcae.evaluation.attack import AttackResult
 from microcae.evaluation.reproduction import claims
 from microcae.evaluation.reproduction.exactness import autograd_columns
+from microcae.evaluation.reproduction.results import MethodStats, StorageRow
+from microcae.metrics.reconstruction import ReconstructionScores
 from microcae.models.cae import CAE, load_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "microcae" / "assets" / "samples"
@@ -27,28 +31,40 @@ def test_mse_verdicts(train, test, verdict):
 
 
 def test_bytes_verdict_counts_the_storages_that_reach_32():
-    rows = [{"label": "float32", "ratio": 7.9}, {"label": "uint8 + zstd", "ratio": 53.1}]
+    rows = [StorageRow("float32", 8280.0, 7.9, 1.01),
+            StorageRow("uint8 + zstd", 1234.0, 53.1, 0.15)]
     claim = claims.bytes_claim(rows)
     assert claim.verdict == "partly" and "uint8 + zstd 53.1" in claim.measured
     assert claims.bytes_claim(rows[1:]).verdict == "holds"
     assert claims.bytes_claim(rows[:1]).verdict == "does not hold"
 
 
-def test_key_verdict_separates_blind_and_leaked_adversaries():
-    def results(blind: float, leaked: float) -> dict:
-        return {"owner": {"psnr_db": 20.0}, "mean-image": {"psnr_db": 10.0},
-                "latent-view": {"psnr_db": blind}, "leak-4-adapted": {"psnr_db": leaked}}
+def attack_result(psnr: dict[str, float]) -> AttackResult:
+    """An attack result with the given mean PSNR per scenario (other scores unused)."""
+    return AttackResult("f", "m", 10, 20, 6, (4,), 2, 2, 64, 0, 1.0,
+                        {k: ReconstructionScores(10 ** (-v / 10), v, 0.5) for k, v in psnr.items()})
 
-    no_leak = ("mean-image", "latent-view")
-    assert claims.key_claim(results(15.0, 16.0), no_leak).verdict == "holds"
-    partly = claims.key_claim(results(15.0, 19.5), no_leak)
+
+def test_key_verdict_separates_blind_and_leaked_adversaries():
+    def results(blind: float, leaked: float) -> AttackResult:
+        return attack_result({"owner": 20.0, "mean-image": 10.0, "latent-view": blind,
+                              "leak-4-adapted": leaked})
+
+    assert claims.key_claim(results(15.0, 16.0)).verdict == "holds"
+    partly = claims.key_claim(results(15.0, 19.5))
     assert partly.verdict == "partly" and "leak-4-adapted" in partly.measured
-    assert claims.key_claim(results(18.0, 19.5), no_leak).verdict == "does not hold"
+    assert claims.key_claim(results(18.0, 19.5)).verdict == "does not hold"
+
+
+def stats(**values: float) -> MethodStats:
+    """Method stats with the given values, NaN elsewhere."""
+    fields = {f.name: math.nan for f in dataclasses.fields(MethodStats)}
+    return MethodStats(**{**fields, "tiles": 4, **values})
 
 
 def test_consistency_verdict_skips_unmeasured_measures():
-    def row(noise: float, share: float, sanity: float) -> dict:
-        return {"noise_rho": noise, "dark_share": share, "sanity_pass": sanity}
+    def row(noise: float, share: float, sanity: float) -> MethodStats:
+        return stats(noise_rho=noise, dark_share=share, sanity_pass=sanity)
 
     methods = {"complex-step": row(0.9, 1.0, math.nan), "gbp": row(0.95, 0.5, math.nan),
                "lrp-w2": row(0.8, 0.7, math.nan)}
@@ -59,9 +75,10 @@ def test_consistency_verdict_skips_unmeasured_measures():
 
 
 def test_microstructure_verdict_needs_mean_and_agreement():
-    clear = {"dark_auroc": 0.8, "dark_share": 1.0, "boundary_auroc": 0.7, "boundary_share": 0.9}
+    values = {"dark_auroc": 0.8, "dark_share": 1.0, "boundary_auroc": 0.7, "boundary_share": 0.9}
+    clear = stats(**values)
     assert claims.microstructure_claim(clear, "steels").verdict == "holds"
-    split = {**clear, "boundary_share": 0.5}
+    split = stats(**{**values, "boundary_share": 0.5})
     assert claims.microstructure_claim(split, "steels").verdict == "partly"
 
 

@@ -8,12 +8,7 @@ import click
 
 from microcae.cli.options import images_argument, model_option, out_dir_option, progress_option
 from microcae.data.images import find_images
-from microcae.evaluation.comparison import (
-    EXACT_ENGINES,
-    compare_images,
-    markdown_table,
-    write_comparison,
-)
+from microcae.evaluation.comparison import EXACT_ENGINES, compare_images, write_comparison
 from microcae.models.cae import load_model
 
 
@@ -44,6 +39,6 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
                                 tile=tile, tiles_per_image=tiles_per_image, sanity_check=sanity,
                                 seed=seed, exact_engine=exact_engine, progress=progress)
     written = write_comparison(comparison, out_dir)
-    click.echo(markdown_table(comparison.summary()), nl=False)
+    click.echo(comparison.to_table().markdown(), nl=False)
     for path in written.values():
         click.echo(f"wrote {path}")

@@ -28,16 +28,16 @@ def command(images: tuple[Path, ...], out_dir: Path, model_path: Path | None,
     Folders are tiled and split by source image as 'microcae prepare' does; the report, its two
     figures and report.json (every number) are written only once every measurement succeeded.
     """
-    measured = measure(images, model_path, QUICK if quick else FULL, study_like, progress)
+    result = measure(images, model_path, QUICK if quick else FULL, study_like, progress)
     words = ["microcae", "report", *map(str, images), "--out", str(out_dir)]
     words += ["--model", str(model_path)] if model_path else []
     for group in study_like:
         words += ["--study-like", group]
     words += ["--quick"] if quick else []
     command_line = " ".join(shlex.quote(w) for w in words)
-    paths = write_report(measured, out_dir, command_line)
-    click.echo(f"report written in {measured.numbers['seconds']['total']:.0f} s:")
-    for claim in measured.numbers["claims"]:
-        click.echo(f"  {claim['verdict']:>13}  {claim['claim']}")
+    paths = write_report(result, out_dir, command_line)
+    click.echo(f"report written in {result.seconds['total']:.0f} s:")
+    for claim in result.claims:
+        click.echo(f"  {claim.verdict:>13}  {claim.claim}")
     for name, path in paths.items():
         click.echo(f"{name}: {path}")

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,20 +43,15 @@ from torch import nn
 from microcae.codec.container import SourceInfo, read_container, write_container
 from microcae.data.dataset import PreparedSet
 from microcae.data.images import round_to_8bit, to_uint8
-from microcae.metrics.reconstruction import reconstruction_scores
+from microcae.evaluation._batching import run_batched
+from microcae.metrics.reconstruction import ReconstructionScores, reconstruction_scores
 from microcae.models.cae import CAE, build_decoder, decoder_fingerprint
+from microcae.util.table_writer import Column, Table
 
 NO_LEAK_SCENARIOS = ("mean-image", "latent-view", "stats-match")
 """Adversaries that have only the latent files and public micrographs."""
 
 CROP = 64
-
-
-def run_batched(module: nn.Module, inputs: np.ndarray, chunk: int = 8) -> np.ndarray:
-    """Apply ``module`` without gradients to (N, ...) float32 inputs in chunks; returns (N, ...)."""
-    with torch.no_grad():
-        return np.concatenate([module(torch.from_numpy(inputs[i:i + chunk])).numpy()
-                               for i in range(0, len(inputs), chunk)])
 
 
 def file_latents(model: CAE, tiles: np.ndarray) -> np.ndarray:
@@ -106,11 +103,12 @@ def fit(module: nn.Module, batches, steps: int, lr: float = 1e-3) -> nn.Module:
     return module.eval()
 
 
-def scores(reconstructions: np.ndarray, originals: np.ndarray) -> dict[str, float]:
-    """Mean MSE, PSNR, SSIM over tiles after rounding reconstructions to 8 bits."""
-    rows = [reconstruction_scores(o, to_uint8(r) / 255.0).as_dict()
+def scores(reconstructions: np.ndarray, originals: np.ndarray) -> ReconstructionScores:
+    """Mean MSE, PSNR, SSIM over (N, H, W) tiles after rounding reconstructions to 8 bits."""
+    rows = [reconstruction_scores(o, to_uint8(r) / 255.0)
             for r, o in zip(reconstructions, originals, strict=True)]
-    return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+    return ReconstructionScores(*(float(np.mean([getattr(r, k) for r in rows]))
+                                  for k in ("mse", "psnr_db", "ssim")))
 
 
 def decode_all(decoder: nn.Module, latents: np.ndarray) -> np.ndarray:
@@ -119,7 +117,7 @@ def decode_all(decoder: nn.Module, latents: np.ndarray) -> np.ndarray:
 
 
 def latent_view(latents: np.ndarray, originals: np.ndarray, public: np.ndarray,
-                down: int) -> dict[str, float]:
+                down: int) -> ReconstructionScores:
     """PCA component of the latent channels, upsampled and scaled to public grey levels."""
     flat = latents.transpose(1, 0, 2, 3).reshape(latents.shape[1], -1)
     centred = flat - flat.mean(axis=1, keepdims=True)
@@ -132,7 +130,7 @@ def latent_view(latents: np.ndarray, originals: np.ndarray, public: np.ndarray,
         view = sign * upsampled
         view = (view - view.mean()) / view.std() * public.std() + public.mean()
         result = scores(view, originals)
-        if best is None or result["psnr_db"] > best["psnr_db"]:
+        if best is None or result.psnr_db > best.psnr_db:
             best = result
     return best
 
@@ -163,9 +161,75 @@ def stats_matched_adapter(owner: np.ndarray, own: np.ndarray) -> nn.Conv2d:
     return adapter
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """What :func:`decoder_attack` measured.
+
+    Attributes
+    ----------
+    owner_model_fingerprint, data_manifest_sha256
+        Which owner model and which prepared set.
+    owner_tiles, public_tiles, eval_tiles
+        Tiles of the owner (test split), of the public micrographs (train split) and scored.
+    leaks
+        Numbers of leaked (image, latent) pairs tried.
+    steps, batch, crop, seed
+        Adam steps per training stage, crops per step, crop side (px) and seed.
+    seconds
+        Wall time of the whole attack.
+    scenarios
+        Scenario name (module docstring) -> mean scores over the evaluated tiles, in run order.
+    """
+
+    owner_model_fingerprint: str
+    data_manifest_sha256: str
+    owner_tiles: int
+    public_tiles: int
+    eval_tiles: int
+    leaks: tuple[int, ...]
+    steps: int
+    batch: int
+    crop: int
+    seed: int
+    seconds: float
+    scenarios: dict[str, ReconstructionScores]
+
+    def psnr_db(self) -> dict[str, float]:
+        """Scenario -> mean PSNR (dB)."""
+        return {name: s.psnr_db for name, s in self.scenarios.items()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per scenario: ``scenario``, ``psnr_db``, ``ssim``, ``mse``."""
+        return [{"scenario": name, "psnr_db": s.psnr_db, "ssim": s.ssim, "mse": s.mse}
+                for name, s in self.scenarios.items()]
+
+    def to_table(self) -> Table:
+        """Scenario, PSNR (dB), SSIM and MSE per scenario."""
+        return Table.of(self.rows(), ATTACK_COLUMNS)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (``results``: scenario -> ``mse``, ``psnr_db``, ``ssim``)."""
+        fields = {k: v for k, v in vars(self).items() if k != "scenarios"}
+        return {**fields, "leaks": list(self.leaks),
+                "results": {name: s.as_dict() for name, s in self.scenarios.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AttackResult:
+        """Inverse of :meth:`to_json` (e.g. a stored run)."""
+        fields = {k: v for k, v in data.items() if k != "results"}
+        return cls(**{**fields, "leaks": tuple(data["leaks"]),
+                      "scenarios": {name: ReconstructionScores(**s)
+                                    for name, s in data["results"].items()}})
+
+
+ATTACK_COLUMNS = (Column("scenario"), Column("psnr_db", "PSNR (dB)", ".2f"),
+                  Column("ssim", "SSIM", ".4f"), Column("mse", "MSE", ".5f"))
+"""Columns of the attack table."""
+
+
 def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
                    leaks: Sequence[int] = (1, 4), steps: int = 400, batch: int = 16,
-                   seed: int = 0) -> dict:
+                   seed: int = 0) -> AttackResult:
     """Run every scenario of the module docstring and score it on the owner's held-out tiles.
 
     Parameters
@@ -187,9 +251,8 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
 
     Returns
     -------
-    dict
-        JSON-ready: settings, ``seconds`` and ``results`` (scenario -> mean ``mse``,
-        ``psnr_db``, ``ssim`` over the evaluated tiles).
+    AttackResult
+        Settings, wall time and the mean scores of every scenario.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -204,7 +267,7 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     owner_latents = file_latents(owner, owner_tiles)
     targets, target_latents = owner_tiles[evaluation], owner_latents[evaluation]
 
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, ReconstructionScores] = {}
     results["owner"] = scores(decode_all(owner.decoder, target_latents), targets)
     results["mean-image"] = scores(np.full_like(targets, public.mean()), targets)
     results["latent-view"] = latent_view(target_latents, targets, public, down)
@@ -229,19 +292,7 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     known = fit(build_decoder(owner.config),
                 lambda: random_crops(public, public_latents, batch, down, rng), 2 * steps)
     results["encoder-known"] = scores(decode_all(known, target_latents), targets)
-    return {
-        "owner_model_fingerprint": decoder_fingerprint(owner),
-        "data_manifest_sha256": prepared.manifest_sha256,
-        "owner_tiles": len(owner_tiles), "public_tiles": len(public),
-        "eval_tiles": len(evaluation), "leaks": leaks, "steps": steps,
-        "batch": batch, "crop": CROP, "seed": seed,
-        "seconds": round(time.perf_counter() - started, 1), "results": results,
-    }
-
-
-def attack_table(report: dict) -> str:
-    """Markdown table of :func:`decoder_attack`'s results: scenario, PSNR, SSIM, MSE."""
-    lines = ["| scenario | PSNR (dB) | SSIM | MSE |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['psnr_db']:.2f} | {r['ssim']:.4f} | {r['mse']:.5f} |"
-              for name, r in report["results"].items()]
-    return "\n".join(lines) + "\n"
+    return AttackResult(
+        decoder_fingerprint(owner), prepared.manifest_sha256, len(owner_tiles), len(public),
+        len(evaluation), tuple(leaks), steps, batch, CROP, seed,
+        round(time.perf_counter() - started, 1), results)

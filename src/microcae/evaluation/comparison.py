@@ -14,10 +14,8 @@ same footing.
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 from microcae.data.images import read_micrograph
 from microcae.data.tiling import TileGrid
+from microcae.evaluation.labels import find_label_mask
 from microcae.figures.comparison import comparison_figure, curves_figure
 from microcae.figures.style import save_figure
 from microcae.metrics import faithfulness, microstructure, sanity, stability
@@ -37,7 +36,7 @@ from microcae.saliency.baselines import lrp_conservation
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
-from microcae.util.table_writer import csv_text
+from microcae.util.table_writer import Column, Table, json_text
 
 CONTROLS = ("sobel-edges", "random")
 """Model-free control maps, measured like methods."""
@@ -123,6 +122,65 @@ def chosen_positions(
     return [positions[int(i)] for i in picks]
 
 
+@dataclass(frozen=True)
+class TileResult:
+    """Every measurement of one method on one tile.
+
+    Attributes
+    ----------
+    image
+        Path of the micrograph.
+    tile_y, tile_x
+        Top-left corner of the tile, pixels.
+    method
+        Method or control name.
+    scores
+        Metric column (:data:`METRICS` and :data:`EXTRA_COLUMNS`) -> value (NaN where undefined).
+    """
+
+    image: str
+    tile_y: int
+    tile_x: int
+    method: str
+    scores: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat row: ``image``, ``tile_y``, ``tile_x``, ``method`` and every score."""
+        return {"image": self.image, "tile_y": self.tile_y, "tile_x": self.tile_x,
+                "method": self.method, **self.scores}
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Means over tiles of one method's scores (NaNs skipped).
+
+    Attributes
+    ----------
+    method
+        Method or control name.
+    tiles
+        Number of tiles summarised.
+    means
+        Metric column -> mean over the tiles' finite values (NaN if none).
+    """
+
+    method: str
+    tiles: int
+    means: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat row: ``method``, ``tiles`` and every mean."""
+        return {"method": self.method, "tiles": self.tiles, **self.means}
+
+
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("method"), Column("tiles"),
+    *(Column(m.name, f"{m.name} {'↑' if m.better == 'higher' else '↓'}", ".3g") for m in METRICS),
+    *(Column(name, spec=".3g") for name in EXTRA_COLUMNS),
+)
+"""Columns of the summary table; the arrow marks the better side of each metric."""
+
+
 @dataclass
 class Comparison:
     """Everything measured by :func:`compare_images`.
@@ -131,9 +189,8 @@ class Comparison:
     ----------
     methods
         Method and control names, in table order.
-    rows
-        One dict per (image, tile, method): ``image``, ``tile_y``, ``tile_x``, ``method`` and a
-        value per metric column (NaN where undefined).
+    tiles
+        One :class:`TileResult` per (image, tile, method).
     fractions
         (S + 1,) share of pixels changed along the curves.
     curves
@@ -145,13 +202,18 @@ class Comparison:
     """
 
     methods: tuple[str, ...]
-    rows: list[dict] = field(default_factory=list)
+    tiles: list[TileResult] = field(default_factory=list)
     fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
-    def summary(self, images: set[str] | None = None) -> list[dict]:
+    def selected(self, method: str, images: Collection[str] | None = None) -> list[TileResult]:
+        """Return the tiles of ``method`` (of the image paths ``images`` if given), in order."""
+        return [t for t in self.tiles
+                if t.method == method and (images is None or t.image in images)]
+
+    def summary(self, images: Collection[str] | None = None) -> list[MethodSummary]:
         """Per method: tile count and the mean of every column over tiles (NaNs skipped).
 
         ``images``: only the tiles of these image paths (default: all); methods with no tile
@@ -160,17 +222,28 @@ class Comparison:
         columns = [m.name for m in METRICS] + list(EXTRA_COLUMNS)
         table = []
         for method in self.methods:
-            rows = [r for r in self.rows if r["method"] == method
-                    and (images is None or r["image"] in images)]
-            if not rows:
+            chosen = self.selected(method, images)
+            if not chosen:
                 continue
-            entry: dict = {"method": method, "tiles": len(rows)}
+            means = {}
             for column in columns:
-                values = np.array([r[column] for r in rows], dtype=np.float64)
+                values = np.array([t.scores[column] for t in chosen], dtype=np.float64)
                 finite = values[np.isfinite(values)]
-                entry[column] = float(finite.mean()) if finite.size else float("nan")
-            table.append(entry)
+                means[column] = float(finite.mean()) if finite.size else float("nan")
+            table.append(MethodSummary(method, len(chosen), means))
         return table
+
+    def rows(self) -> list[dict[str, object]]:
+        """Return the summary as plain rows (one per method)."""
+        return [entry.as_dict() for entry in self.summary()]
+
+    def to_table(self) -> Table:
+        """Return the summary table (:data:`SUMMARY_COLUMNS`)."""
+        return Table.of(self.rows(), SUMMARY_COLUMNS)
+
+    def tile_table(self) -> Table:
+        """One row per (image, tile, method) with every score."""
+        return Table.of([t.as_dict() for t in self.tiles])
 
 
 def _cut(array: np.ndarray, positions: list[tuple[int, int]], tile: int) -> np.ndarray:
@@ -288,7 +361,7 @@ def compare_images(
     for path in tqdm(list(images), desc="compare", unit="image", disable=not progress):
         micrograph = read_micrograph(path)
         dark_full, _ = microstructure.otsu_dark(micrograph.pixels)
-        mask = microstructure.find_label_mask(path, micrograph.shape)
+        mask = find_label_mask(path, micrograph.shape)
         grid = TileGrid(micrograph.shape, tile=tile, stride=tile, remainder="drop")
         positions = chosen_positions(grid, tiles_per_image,
                                      None if mask is None else mask.labels)
@@ -304,9 +377,8 @@ def compare_images(
             maps, rows, curves = _measure_tiles(
                 model, fast, x, method, dark, label, "phase" if mask is None else mask.kind,
                 sanity_check, seed, exact_engine)
-            for (y, x0), row in zip(positions, rows, strict=True):
-                comparison.rows.append({"image": str(path), "tile_y": y, "tile_x": x0,
-                                        "method": method, **row})
+            comparison.tiles += [TileResult(str(path), y, x0, method, row)
+                                 for (y, x0), row in zip(positions, rows, strict=True)]
             for key, value in curves.items():
                 earlier = comparison.curves[method].get(key)
                 comparison.curves[method][key] = (
@@ -317,39 +389,6 @@ def compare_images(
             name = f"{Path(path).parent.name}_{name}"
         comparison.panels.append((name, tiles[0], panel))
     return comparison
-
-
-def _format(value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
-
-
-def markdown_table(summary: list[dict]) -> str:
-    """Render :meth:`Comparison.summary` as a Markdown table, arrows marking the better side."""
-    metrics = [*METRICS]
-    header = ["method", "tiles"] + [
-        f"{m.name} {'↑' if m.better == 'higher' else '↓'}" for m in metrics
-    ] + list(EXTRA_COLUMNS)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for entry in summary:
-        cells = [entry["method"], str(entry["tiles"])]
-        cells += [_format(entry[m.name]) for m in metrics]
-        cells += [_format(entry[c]) for c in EXTRA_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    return value
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
@@ -372,7 +411,6 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         ``<stem>.comparison.png`` per image (key ``figure:<stem>``).
     """
     out_dir = Path(out_dir)
-    summary = comparison.summary()
     written = {
         "summary_csv": out_dir / "comparison.csv",
         "tiles_csv": out_dir / "comparison_tiles.csv",
@@ -380,24 +418,25 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         "json": out_dir / "comparison.json",
         "curves": out_dir / "curves.png",
     }
-    write_text_atomic(written["summary_csv"], csv_text(summary))
-    write_text_atomic(written["tiles_csv"], csv_text(comparison.rows))
+    summary, tiles = comparison.to_table(), comparison.tile_table()
+    write_text_atomic(written["summary_csv"], summary.csv())
+    write_text_atomic(written["tiles_csv"], tiles.csv())
     legend = "\n".join(f"- `{m.name}` ({m.better} is better): {m.description}. {m.reference}."
                        for m in METRICS)
     extras = "\n".join(f"- `{name}`: {text}." for name, text in EXTRA_COLUMNS.items())
     write_text_atomic(written["markdown"],
-                      markdown_table(summary) + "\n" + legend + "\n" + extras + "\n")
+                      summary.markdown() + "\n" + legend + "\n" + extras + "\n")
     report = {
         "settings": comparison.settings,
         "metrics": [vars(m) for m in METRICS],
         "extra_columns": EXTRA_COLUMNS,
-        "summary": summary,
-        "rows": comparison.rows,
+        "summary": list(summary.rows),
+        "rows": list(tiles.rows),
         "fractions": comparison.fractions,
         "mean_curves": {method: {k: v.mean(axis=0) for k, v in curves.items()}
                         for method, curves in comparison.curves.items()},
     }
-    write_text_atomic(written["json"], json.dumps(_json_safe(report), indent=1) + "\n")
+    write_text_atomic(written["json"], json_text(report))
     save_figure(curves_figure(comparison.fractions, comparison.curves), written["curves"])
     for name, tile, maps in comparison.panels:
         shown = {m: maps[m] for m in FIGURE_METHODS if m in maps}

@@ -28,6 +28,7 @@ from microcae.data.images import uint8_tile
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE, decoder_fingerprint
 from microcae.models.rdcae import RDCAE, model_fingerprint
+from microcae.util.table_writer import Column, Table
 
 
 @dataclass(frozen=True)
@@ -264,35 +265,39 @@ def rate_distortion(
     }
 
 
+RD_COLUMNS = (Column("storage", "CAE storage"), Column("codec"), Column("bpp", spec=".4f"),
+              Column("ratio", "ratio vs 8 bpp", ".1f"), Column("psnr_db", "PSNR (dB)", ".2f"),
+              Column("ssim", "SSIM", ".4f"), Column("mse", "MSE", ".5f"))
+"""Columns of the rate–distortion table."""
+
+
 def markdown_table(report: dict) -> str:
     """Render a :func:`rate_distortion` report as a Markdown table (one block per CAE rate)."""
-    lines = [
+    caption = (
         f"Rate–distortion on {report['tiles']} tiles of "
         f"{report['tile_shape'][0]}×{report['tile_shape'][1]} px (source 8 bpp; lossless PNG "
         f"{report['png_bpp']:.3f} bpp). Means over tiles; bpp from real file sizes, headers "
         "included; classical codecs at the highest quality whose file is no larger than the "
-        "CAE file of the same tile.",
-        "",
-        "| CAE storage | codec | bpp | ratio vs 8 bpp | PSNR (dB) | SSIM | MSE |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        "CAE file of the same tile."
+    )
 
-    def row(storage: str, codec: str, entry: dict) -> str:
-        return (f"| {storage} | {codec} | {entry['bpp']:.4f} | {8.0 / entry['bpp']:.1f} | "
-                f"{entry['psnr_db']:.2f} | {entry['ssim']:.4f} | {entry['mse']:.5f} |")
+    def row(storage: str, codec: str, entry: dict) -> dict:
+        return {"storage": storage, "codec": codec, "ratio": 8.0 / entry["bpp"],
+                **{k: entry[k] for k in ("bpp", "psnr_db", "ssim", "mse")}}
 
-    def codec_row(storage: str, entry: dict) -> str:
+    def codec_row(storage: str, entry: dict) -> dict:
         over = entry["over_budget_tiles"]
         return row(storage, entry["codec"] + (f" ({over} tiles over)" if over else ""), entry)
 
+    rows = []
     for cae in report["cae"]:
         storage = f"{cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}"
-        lines.append(row(storage, "**CAE**", cae))
-        lines += [codec_row(storage, entry) for entry in report["matched"]
-                  if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"])]
+        rows.append(row(storage, "**CAE**", cae))
+        rows += [codec_row(storage, entry) for entry in report["matched"]
+                 if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"])]
     for rd in report.get("rd", []):
         storage = f"RD model {rd['model']} (entropy)"
-        lines.append(row(storage, "**RD CAE**", rd))
-        lines += [codec_row(storage, entry) for entry in report["rd_matched"]
-                  if entry["model"] == rd["model"]]
-    return "\n".join(lines) + "\n"
+        rows.append(row(storage, "**RD CAE**", rd))
+        rows += [codec_row(storage, entry) for entry in report["rd_matched"]
+                 if entry["model"] == rd["model"]]
+    return caption + "\n\n" + Table.of(rows, RD_COLUMNS).markdown()

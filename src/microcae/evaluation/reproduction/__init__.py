@@ -8,10 +8,10 @@ verdict, and equivalents of the study's Fig. 10 and Fig. 11.
 from microcae.evaluation.reproduction.run import (
     FULL,
     QUICK,
-    Measured,
     ReportSettings,
+    Reproduction,
     measure,
     write_report,
 )
 
-__all__ = ["FULL", "QUICK", "Measured", "ReportSettings", "measure", "write_report"]
+__all__ = ["FULL", "QUICK", "Reproduction", "ReportSettings", "measure", "write_report"]

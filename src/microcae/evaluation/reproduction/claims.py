@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from microcae.evaluation.attack import NO_LEAK_SCENARIOS, AttackResult
+from microcae.evaluation.reproduction.exactness import ExactnessCheck
+from microcae.evaluation.reproduction.results import MethodStats, StorageRow
+
 STUDY_PARAMETERS = 50_353
 STUDY_LATENT = (8, 16, 16)
 STUDY_RATIO = 32
@@ -79,13 +83,10 @@ def latent_claim(shape: Sequence[int], tile_values: int) -> Claim:
                  "same latent shape and ratio of value counts")
 
 
-def bytes_claim(storage: Sequence[Mapping[str, float]]) -> Claim:
-    """Judge "ratio 32" in bytes: real latent files (header included) against 8-bit tiles.
-
-    ``storage`` rows hold ``label`` and ``ratio`` (8-bit tile bytes / latent file bytes).
-    """
-    meets = [row for row in storage if row["ratio"] >= STUDY_RATIO]
-    measured = "; ".join(f"{row['label']} {row['ratio']:.1f}" for row in storage)
+def bytes_claim(storage: Sequence[StorageRow]) -> Claim:
+    """Judge "ratio 32" in bytes: real latent files (header included) against 8-bit tiles."""
+    meets = [row for row in storage if row.ratio >= STUDY_RATIO]
+    measured = "; ".join(f"{row.label} {row.ratio:.1f}" for row in storage)
     return Claim("compression ratio 32 (bytes of real files vs the 8-bit tile)",
                  f"{STUDY_RATIO} (stated in values only)", measured,
                  _grade(len(meets), len(storage)),
@@ -100,31 +101,28 @@ def mse_claim(train_mse: float, test_mse: float) -> Claim:
                  "holds if both are below, partly if one is")
 
 
-def exactness_claim(check: Mapping[str, float]) -> Claim:
+def exactness_claim(check: ExactnessCheck) -> Claim:
     """Judge "complex-step relevance equals exact derivatives" (to machine precision)."""
-    literal, fast = (check["max_rel_diff_literal_vs_autograd"],
-                     check["max_rel_diff_vjp_vs_autograd"])
+    literal, fast = check.max_rel_diff_literal_vs_autograd, check.max_rel_diff_vjp_vs_autograd
     return Claim("complex-step relevance = exact derivatives", "exact to machine precision",
                  f"max rel. diff. vs autograd: literal {literal:.1e}, fast engine {fast:.1e} "
-                 f"(float64, {check['tiles']}×{check['pixels_per_tile']} px)",
+                 f"(float64, {check.tiles}×{check.pixels_per_tile} px)",
                  _grade(int(literal <= EXACT_TOLERANCE) + int(fast <= EXACT_TOLERANCE), 2),
                  f"holds if both differences are ≤ {EXACT_TOLERANCE:g}")
 
 
-def microstructure_claim(summary: Mapping[str, float], scope: str) -> Claim:
+def microstructure_claim(stats: MethodStats, scope: str) -> Claim:
     """Judge "relevance concentrates on the dark (secondary) phase and on boundaries".
 
-    ``summary`` holds the complex-step row's ``dark_auroc``, ``boundary_auroc`` (means) and
-    ``dark_share``, ``boundary_share`` (share of tiles with AUROC > 0.5).
+    ``stats``: the complex-step row (mean AUROCs and shares of tiles with AUROC > 0.5).
     """
-    tests = [summary["dark_auroc"] > AUROC_CLEAR and summary["dark_share"] >= AGREEING_SHARE,
-             summary["boundary_auroc"] > AUROC_CLEAR
-             and summary["boundary_share"] >= AGREEING_SHARE]
+    tests = [stats.dark_auroc > AUROC_CLEAR and stats.dark_share >= AGREEING_SHARE,
+             stats.boundary_auroc > AUROC_CLEAR and stats.boundary_share >= AGREEING_SHARE]
     return Claim("relevance on dark phase and boundaries, little on the grey matrix",
                  "seen by eye (Fig. 11)",
-                 f"{scope}: dark-phase AUROC {summary['dark_auroc']:.2f} "
-                 f"({summary['dark_share']:.0%} of tiles > 0.5), boundary AUROC "
-                 f"{summary['boundary_auroc']:.2f} ({summary['boundary_share']:.0%})",
+                 f"{scope}: dark-phase AUROC {stats.dark_auroc:.2f} "
+                 f"({stats.dark_share:.0%} of tiles > 0.5), boundary AUROC "
+                 f"{stats.boundary_auroc:.2f} ({stats.boundary_share:.0%})",
                  _grade(sum(tests), 2),
                  f"per region: mean AUROC > {AUROC_CLEAR} and ≥ {AGREEING_SHARE:.0%} of tiles "
                  "> 0.5; holds if both regions pass, partly if one does")
@@ -137,33 +135,35 @@ CONSISTENCY_MEASURES = {
 }
 
 
-def consistency_claim(per_method: Mapping[str, Mapping[str, float]]) -> Claim:
+def consistency_claim(per_method: Mapping[str, MethodStats]) -> Claim:
     """Judge "complex-step maps are more consistent than GBP and LRP".
 
-    ``per_method`` maps method name -> the measures of :data:`CONSISTENCY_MEASURES`
-    (NaN where a measure was not run: it is then left out).
+    ``per_method`` maps method name -> its stats; of the measures of
+    :data:`CONSISTENCY_MEASURES`, those NaN for the complex step (not run) are left out.
     """
     won, asked, parts = 0, 0, []
     ours = per_method["complex-step"]
     for key, label in CONSISTENCY_MEASURES.items():
-        if ours[key] != ours[key]:  # NaN: not measured in this run
+        value = getattr(ours, key)
+        if value != value:  # NaN: not measured in this run
             continue
-        others = {m: per_method[m][key] for m in BASELINES if m in per_method}
+        others = {m: getattr(per_method[m], key) for m in BASELINES if m in per_method}
         asked += 1
         best_other = max(others.values())
-        won += ours[key] >= best_other
-        parts.append(f"{label}: {ours[key]:.2f} vs best baseline {best_other:.2f}")
+        won += value >= best_other
+        parts.append(f"{label}: {value:.2f} vs best baseline {best_other:.2f}")
     return Claim("complex-step more consistent than GBP and LRP", "seen by eye (Fig. 11)",
                  "; ".join(parts), _grade(won, asked),
                  "holds if complex-step is at least as good as every baseline on every "
                  "measure, partly if on some")
 
 
-def key_claim(results: Mapping[str, Mapping[str, float]], no_leak: Sequence[str]) -> Claim:
+def key_claim(attack: AttackResult) -> Claim:
     """Judge "the decoder is a key: without it, latents cannot be turned into images"."""
-    owner = results["owner"]["psnr_db"]
-    adversaries = {k: v["psnr_db"] for k, v in results.items() if k != "owner"}
-    blind = max((adversaries[k], k) for k in no_leak if k in adversaries)
+    psnr = attack.psnr_db()
+    owner = psnr.pop("owner")
+    adversaries = psnr
+    blind = max((adversaries[k], k) for k in NO_LEAK_SCENARIOS if k in adversaries)
     strongest = max((v, k) for k, v in adversaries.items())
     blind_safe = blind[0] < owner - KEY_MARGIN_DB
     all_safe = strongest[0] < owner - KEY_MARGIN_DB

@@ -9,12 +9,12 @@ the numbers and figures; nothing is written until every measurement has succeede
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +24,19 @@ from microcae import __version__
 from microcae.codec import encode_image
 from microcae.data.dataset import PreparedSet, input_root, prepare_dataset
 from microcae.data.images import round_to_8bit, to_uint8, uint8_tile
-from microcae.evaluation.attack import NO_LEAK_SCENARIOS, decoder_attack, run_batched
-from microcae.evaluation.comparison import FIGURE_METHODS, Comparison, compare_images
+from microcae.evaluation._batching import run_batched
+from microcae.evaluation.attack import AttackResult, decoder_attack
+from microcae.evaluation.comparison import FIGURE_METHODS, compare_images
 from microcae.evaluation.rate_distortion import cae_configurations
 from microcae.evaluation.reproduction import claims
 from microcae.evaluation.reproduction.document import render
-from microcae.evaluation.reproduction.exactness import exactness_check
+from microcae.evaluation.reproduction.exactness import ExactnessCheck, exactness_check
+from microcae.evaluation.reproduction.results import (
+    MethodStats,
+    ReconstructionSummary,
+    StorageRow,
+    method_stats,
+)
 from microcae.figures.comparison import comparison_grid
 from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
@@ -38,13 +45,12 @@ from microcae.models.cae import BUNDLED_MODEL, CAE, decoder_fingerprint, load_mo
 from microcae.training.loop import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
+from microcae.util.table_writer import json_text
 
 REPORT_NAME = "REPRODUCTION.md"
 ASSET_DIR = "reproduction"
 """Sub-folder of the output for the figures and the JSON of every number."""
 COMPARED_METHODS = (*FIGURE_METHODS, "random")
-SUMMARY_COLUMNS = ("tiles", "dark_auroc", "boundary_auroc", "noise_rho", "sanity_pass",
-                   "deletion_latent_auc", "insertion_latent_auc", "seconds_per_tile")
 FIG10_COLUMNS = 4
 
 
@@ -92,13 +98,114 @@ QUICK = ReportSettings("quick", compare_tile=64, max_compare_images=2, sanity_ch
                        attack_eval_tiles=2, attack_leaks=(1,), figure_rows=2)
 
 
-@dataclass
-class Measured:
-    """Every number of a report run and the figures drawn from them."""
+@dataclass(frozen=True)
+class DataSummary:
+    """The prepared micrographs of a report run.
 
-    numbers: dict
+    Attributes
+    ----------
+    manifest_sha256
+        Identifies the prepared set.
+    images, groups
+        Number of micrographs and their groups (sub-folders).
+    train_tiles, test_tiles, tile
+        Tiles per split (split by source image) and the tile side (px).
+    """
+
+    manifest_sha256: str
+    images: int
+    groups: list[str]
+    train_tiles: int
+    test_tiles: int
+    tile: int
+
+
+@dataclass(frozen=True)
+class SaliencyScope:
+    """The saliency comparison of a report run, summarised for the claims.
+
+    Attributes
+    ----------
+    images
+        Compared micrographs (paths).
+    tile
+        Tile side (px).
+    all
+        Method -> stats over every compared tile.
+    study_like
+        Method -> stats over the tiles of the study-like groups (empty if none were named).
+    """
+
+    images: list[str]
+    tile: int
+    all: dict[str, MethodStats]
+    study_like: dict[str, MethodStats]
+
+
+@dataclass
+class Reproduction:
+    """Every measurement of a report run, the claims judged from them and the two figures.
+
+    Attributes
+    ----------
+    settings
+        How much work was done.
+    environment
+        ``microcae`` and ``torch`` versions and ``threads``.
+    model
+        ``path`` (as given, or the bundled file) and decoder ``fingerprint``.
+    data
+        The prepared micrographs.
+    study_like_groups
+        Groups judged as the study's kind of material.
+    claims
+        The claims table, in order.
+    reconstruction, storage, exactness, comparison, attack
+        The measurements behind the claims.
+    fig10_columns, fig11_rows
+        What the figures show.
+    seconds
+        Wall time per stage and ``total``.
+    generated
+        UTC time of the run.
+    fig10, fig11
+        The figures.
+    """
+
+    settings: ReportSettings
+    environment: dict[str, Any]
+    model: dict[str, str]
+    data: DataSummary
+    study_like_groups: list[str]
+    claims: list[claims.Claim]
+    reconstruction: ReconstructionSummary
+    storage: list[StorageRow]
+    exactness: ExactnessCheck
+    comparison: SaliencyScope
+    attack: AttackResult
+    fig10_columns: list[str]
+    fig11_rows: list[str]
+    seconds: dict[str, float]
+    generated: str
     fig10: Figure
     fig11: Figure
+
+    def to_json(self) -> dict[str, Any]:
+        """Every number, JSON-ready (the layout of ``report.json``)."""
+        comparison = self.comparison
+        return {
+            "settings": asdict(self.settings), **self.environment, "model": self.model,
+            "data": asdict(self.data), "study_like_groups": self.study_like_groups,
+            "claims": [c.as_dict() for c in self.claims],
+            "reconstruction": asdict(self.reconstruction),
+            "storage": [asdict(r) for r in self.storage], "exactness": self.exactness.as_dict(),
+            "comparison": {"images": comparison.images, "tile": comparison.tile,
+                           "all": {m: s.as_dict() for m, s in comparison.all.items()},
+                           "study_like": {m: s.as_dict() for m, s in
+                                          comparison.study_like.items()}},
+            "attack": self.attack.to_json(), "fig10_columns": self.fig10_columns,
+            "fig11_rows": self.fig11_rows, "seconds": self.seconds, "generated": self.generated,
+        }
 
 
 def _reconstruct(model: CAE, tiles: np.ndarray) -> np.ndarray:
@@ -106,25 +213,25 @@ def _reconstruct(model: CAE, tiles: np.ndarray) -> np.ndarray:
     return run_batched(model, tiles[:, None])[:, 0]
 
 
-def _reconstruction(model: CAE, data: PreparedSet) -> dict:
+def _reconstruction(model: CAE, data: PreparedSet) -> ReconstructionSummary:
     test = round_to_8bit(data.tiles[data.indices("test")])
     rebuilt = round_to_8bit(_reconstruct(model, test))
-    rows = [reconstruction_scores(o, r).as_dict() for o, r in zip(test, rebuilt, strict=True)]
-    return {"train_mse": evaluate_mse(model, data.tiles, data.indices("train")),
-            "test_mse": evaluate_mse(model, data.tiles, data.indices("test")),
-            "test_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
-            "test_ssim": float(np.mean([r["ssim"] for r in rows]))}
+    rows = [reconstruction_scores(o, r) for o, r in zip(test, rebuilt, strict=True)]
+    return ReconstructionSummary(evaluate_mse(model, data.tiles, data.indices("train")),
+                                 evaluate_mse(model, data.tiles, data.indices("test")),
+                                 float(np.mean([r.psnr_db for r in rows])),
+                                 float(np.mean([r.ssim for r in rows])))
 
 
-def _storage(model: CAE, tiles: np.ndarray) -> list[dict]:
+def _storage(model: CAE, tiles: np.ndarray) -> list[StorageRow]:
     """Mean latent file size per storage configuration over 8-bit tiles (header included)."""
     rows = []
     for dtype, compress in cae_configurations():
         sizes = [len(encode_image(model, uint8_tile(to_uint8(tile)), dtype, compress,
                                   tile=tile.shape[0])) for tile in tiles]
         size = float(np.mean(sizes))
-        rows.append({"label": dtype + (" + zstd" if compress else ""), "bytes": size,
-                     "ratio": tiles[0].size / size, "bpp": 8.0 * size / tiles[0].size})
+        rows.append(StorageRow(dtype + (" + zstd" if compress else ""), size,
+                               tiles[0].size / size, 8.0 * size / tiles[0].size))
     return rows
 
 
@@ -141,25 +248,6 @@ def _compared_images(data: PreparedSet, inputs: Sequence[str | Path], study_like
     chosen = chosen[:limit] if limit is not None else chosen
     paths = [root / s["file"] for s in chosen]
     return paths, {str(root / s["file"]) for s in chosen if s["group"] in study_like}
-
-
-def _method_summary(comparison: Comparison, images: set[str] | None) -> dict[str, dict]:
-    """Summarise each method for the claims over tiles (of ``images`` if given).
-
-    Means of :data:`SUMMARY_COLUMNS`, plus the shares of tiles whose dark-phase and boundary
-    AUROC exceed 0.5.
-    """
-    summary = {}
-    for entry in comparison.summary(images):
-        method = entry["method"]
-        rows = [r for r in comparison.rows if r["method"] == method
-                and (images is None or r["image"] in images)]
-        summary[method] = {
-            **{key: entry[key] for key in SUMMARY_COLUMNS},
-            "dark_share": float(np.mean([r["dark_auroc"] > 0.5 for r in rows])),
-            "boundary_share": float(np.mean([r["boundary_auroc"] > 0.5 for r in rows])),
-        }
-    return summary
 
 
 def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
@@ -184,7 +272,7 @@ def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
 
 def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
             settings: ReportSettings = FULL, study_like: Sequence[str] = (),
-            progress: bool = True) -> Measured:
+            progress: bool = True) -> Reproduction:
     """Measure every claim on the micrographs ``inputs`` with the model at ``model_path``.
 
     Parameters
@@ -203,8 +291,8 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
 
     Returns
     -------
-    Measured
-        The numbers (JSON-ready) and the two figures.
+    Reproduction
+        The measurements, the claims and the two figures.
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -244,53 +332,48 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
                                 settings.attack_steps)
         seconds["attack"] = time.perf_counter() - tick
         fig10, fig10_titles = _fig10(model, data)
-        data_summary = {
-            "manifest_sha256": data.manifest_sha256, "images": len(data.manifest["sources"]),
-            "groups": sorted(groups), "train_tiles": int(len(data.indices("train"))),
-            "test_tiles": int(len(data.indices("test"))), "tile": tile_side,
-        }
-    all_tiles = _method_summary(comparison, None)
-    steel_tiles = _method_summary(comparison, steel) if steel else {}
+        data_summary = DataSummary(data.manifest_sha256, len(data.manifest["sources"]),
+                                   sorted(groups), int(len(data.indices("train"))),
+                                   int(len(data.indices("test"))), tile_side)
+    all_tiles = method_stats(comparison, None)
+    steel_tiles = method_stats(comparison, steel) if steel else {}
     scope = ("study-like groups " + ", ".join(study_like)) if steel_tiles else "all compared tiles"
     claim_rows = [
         claims.parameters_claim(sum(p.numel() for p in model.parameters())),
         claims.latent_claim(latent, tile_side * tile_side),
         claims.bytes_claim(storage),
-        claims.mse_claim(reconstruction["train_mse"], reconstruction["test_mse"]),
+        claims.mse_claim(reconstruction.train_mse, reconstruction.test_mse),
         claims.exactness_claim(exactness),
         claims.microstructure_claim((steel_tiles or all_tiles)["complex-step"], scope),
         claims.consistency_claim(all_tiles),
-        claims.key_claim(attack["results"], NO_LEAK_SCENARIOS),
+        claims.key_claim(attack),
     ]
     rows = comparison.panels[: settings.figure_rows]
     fig11 = comparison_grid([(name, tile, {m: maps[m] for m in FIGURE_METHODS})
                              for name, tile, maps in rows])
     seconds["total"] = time.perf_counter() - started
-    numbers = {
-        "settings": asdict(settings), "microcae": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "model": {"path": str(model_path) if model_path else
-                  f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
-                  f"{BUNDLED_MODEL.name})", "fingerprint": decoder_fingerprint(model)},
-        "data": data_summary, "study_like_groups": list(study_like),
-        "claims": [c.as_dict() for c in claim_rows],
-        "reconstruction": reconstruction, "storage": storage, "exactness": exactness,
-        "comparison": {"images": [str(p) for p in images], "tile": settings.compare_tile,
-                       "all": all_tiles, "study_like": steel_tiles},
-        "attack": attack, "fig10_columns": fig10_titles,
-        "fig11_rows": [name for name, _, _ in rows],
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    return Measured(numbers, fig10, fig11)
+    return Reproduction(
+        settings=settings,
+        environment={"microcae": __version__, "torch": torch.__version__,
+                     "threads": torch.get_num_threads()},
+        model={"path": str(model_path) if model_path else
+               f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
+               f"{BUNDLED_MODEL.name})", "fingerprint": decoder_fingerprint(model)},
+        data=data_summary, study_like_groups=list(study_like), claims=claim_rows,
+        reconstruction=reconstruction, storage=storage, exactness=exactness,
+        comparison=SaliencyScope([str(p) for p in images], settings.compare_tile, all_tiles,
+                                 steel_tiles),
+        attack=attack, fig10_columns=fig10_titles, fig11_rows=[name for name, _, _ in rows],
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+        generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), fig10=fig10, fig11=fig11)
 
 
-def write_report(measured: Measured, out_dir: str | Path, command: str) -> dict[str, Path]:
+def write_report(result: Reproduction, out_dir: str | Path, command: str) -> dict[str, Path]:
     """Write ``REPRODUCTION.md``, its two figures and ``report.json`` (each atomically).
 
     Parameters
     ----------
-    measured
+    result
         Result of :func:`measure`.
     out_dir
         Folder of ``REPRODUCTION.md``; figures and JSON go to its ``reproduction/`` sub-folder.
@@ -307,10 +390,9 @@ def write_report(measured: Measured, out_dir: str | Path, command: str) -> dict[
     assets.mkdir(parents=True, exist_ok=True)
     paths = {"fig10": assets / "fig10_reconstructions.png", "fig11": assets / "fig11_saliency.png",
              "json": assets / "report.json", "report": out_dir / REPORT_NAME}
-    save_figure(measured.fig10, paths["fig10"])
-    save_figure(measured.fig11, paths["fig11"])
-    numbers = {**measured.numbers, "command": command}
-    write_text_atomic(paths["json"], json.dumps(numbers, indent=1) + "\n")
-    write_text_atomic(paths["report"], render(numbers, {k: p.relative_to(out_dir).as_posix()
-                                                        for k, p in paths.items()}))
+    save_figure(result.fig10, paths["fig10"])
+    save_figure(result.fig11, paths["fig11"])
+    write_text_atomic(paths["json"], json_text({**result.to_json(), "command": command}))
+    write_text_atomic(paths["report"], render(result, command, {
+        k: p.relative_to(out_dir).as_posix() for k, p in paths.items()}))
     return paths
