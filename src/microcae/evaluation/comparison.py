@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -251,18 +252,41 @@ def _cut(array: np.ndarray, positions: list[tuple[int, int]], tile: int) -> np.n
     return np.stack([array[y : y + tile, x : x + tile] for y, x in positions])
 
 
+Measures = Literal["all", "microstructure"]
+"""What :func:`compare_images` measures: everything, or the maps' microstructure metrics only."""
+TILE_COLUMNS = (
+    *(m.name for m in faithfulness.METRICS), *(m.name for m in microstructure.METRICS),
+    "sanity_rho_top", "sanity_rho_all", "sanity_pass", "noise_rho", "seconds_per_tile",
+    "lrp_conservation",
+)
+"""Score columns of a tile, in the order of the tile table."""
+
+
+def _in_order(row: dict[str, float]) -> dict[str, float]:
+    """Return ``row`` with every :data:`TILE_COLUMNS` key, in that order (NaN where missing)."""
+    return {column: row.get(column, float("nan")) for column in TILE_COLUMNS}
+
+
 def _measure_tiles(
     model: CAE, fast: CAE, x: torch.Tensor, method: str, dark: np.ndarray, label: np.ndarray | None,
-    label_kind: str, sanity_check: bool, seed: int, exact_engine: str,
+    label_kind: str, sanity_check: bool, seed: int, exact_engine: str, measures: Measures,
 ) -> tuple[torch.Tensor, list[dict], dict[str, np.ndarray]]:
     """Map (T, 1, H, W) tiles with one method and measure everything per tile.
 
     ``fast`` is a channels-last copy of ``model`` for the many forward passes of the curves.
+    With ``measures="microstructure"`` only the map and its microstructure metrics are made
+    (every other column NaN, no curves).
     """
     map_fn = map_function(method, seed, exact_engine)
     started = time.perf_counter()
     maps = map_fn(model.encoder, x).detach().to(torch.float64).cpu()
     seconds = (time.perf_counter() - started) / x.shape[0]
+    nan = np.full(x.shape[0], np.nan)
+    rows = [microstructure.microstructure_scores(
+        maps[n].numpy(), dark[n], None if label is None else label[n], label_kind)
+        for n in range(x.shape[0])]
+    if measures == "microstructure":
+        return maps, [_in_order({**row, "seconds_per_tile": seconds}) for row in rows], {}
     magnitude = maps.abs().to(x.dtype)
     curves, areas = {}, {}
     for mode in ("deletion", "insertion"):
@@ -277,19 +301,19 @@ def _measure_tiles(
            else np.full((x.shape[0], 1), np.nan))
     steady = stability.noise_stability(map_fn, model.encoder, x, maps, seed=seed)
     conservation = (lrp_conservation(model.encoder, x, maps.to(x.dtype)).numpy()
-                    if method.startswith("lrp-") else np.full(x.shape[0], np.nan))
-    rows = []
-    for n in range(x.shape[0]):
-        row = {name: float(area[n]) for name, area in areas.items()}
-        row.update(microstructure.microstructure_scores(
-            maps[n].numpy(), dark[n], None if label is None else label[n], label_kind))
+                    if method.startswith("lrp-") else nan)
+    for n, row in enumerate(rows):
+        row.update({name: float(area[n]) for name, area in areas.items()})
         row.update(sanity_rho_top=float(rho[n, 0]), sanity_rho_all=float(rho[n, -1]),
                    sanity_pass=float(rho[n, -1] < sanity.SANITY_THRESHOLD)
                    if sanity_check else float("nan"),
                    noise_rho=float(steady[n]), seconds_per_tile=seconds,
                    lrp_conservation=float(conservation[n]))
-        rows.append(row)
-    return maps, rows, curves
+    return maps, [_in_order(row) for row in rows], curves
+
+
+CHUNK = 8
+"""Tiles of one image mapped together."""
 
 
 def compare_images(
@@ -297,11 +321,12 @@ def compare_images(
     images: Sequence[str | Path],
     methods: Sequence[str] | None = None,
     tile: int = 256,
-    tiles_per_image: int = 1,
+    tiles_per_image: int | None = 1,
     sanity_check: bool = True,
     seed: int = 0,
     exact_engine: str = EXACT_ENGINES[0],
     progress: bool = False,
+    measures: Measures = "all",
 ) -> Comparison:
     """Map and measure every method on tiles of every image.
 
@@ -318,7 +343,8 @@ def compare_images(
     tile
         Tile side in pixels (a multiple of the model's downsampling factor).
     tiles_per_image
-        Tiles taken per image, evenly spread over its grid.
+        Tiles taken per image, evenly spread over its grid; None: every tile of the grid
+        (that a label mask covers, where there is one).
     sanity_check
         Run the model-randomisation test (one map per randomised layer: the costliest part).
     seed
@@ -327,6 +353,9 @@ def compare_images(
         Engine of :data:`EXACT_ENGINES` that computes the ``"complex-step"`` row.
     progress
         Show a progress bar over images.
+    measures
+        ``"all"``, or ``"microstructure"``: only the maps and their microstructure metrics
+        (no curves, sanity or noise check: columns NaN), e.g. for every tile of many images.
 
     Returns
     -------
@@ -345,11 +374,9 @@ def compare_images(
                             f"{sorted(METHODS) + list(CONTROLS)}")
     if exact_engine not in EXACT_ENGINES or exact_engine not in METHODS:
         raise MicrocaeError(f"exact engine must be one of {list(EXACT_ENGINES)} (registered)")
-    if tile <= 0 or tile % model.config.downsample or tiles_per_image < 1:
+    if tile <= 0 or tile % model.config.downsample or (tiles_per_image or 1) < 1:
         raise MicrocaeError(f"tile must be a positive multiple of {model.config.downsample} and "
                             "tiles per image at least 1")
-    dtype = next(model.parameters()).dtype
-    fast = to_channels_last(copy.deepcopy(model))
     comparison = Comparison(methods, fractions=np.arange(faithfulness.STEPS + 1)
                             / faithfulness.STEPS)
     comparison.curves = {m: {} for m in methods}
@@ -358,37 +385,51 @@ def compare_images(
                            "blur_sigma": faithfulness.BLUR_SIGMA,
                            "scores": "|relevance|", "lrp_seed": "the latent f(x) itself",
                            "gbp_gradient_ig_output": "L2 norm of the latent"}
+    if measures != "all":
+        comparison.settings["measures"] = measures
+    fast = to_channels_last(copy.deepcopy(model))
     for path in tqdm(list(images), desc="compare", unit="image", disable=not progress):
-        micrograph = read_micrograph(path)
-        dark_full, _ = microstructure.otsu_dark(micrograph.pixels)
-        mask = find_label_mask(path, micrograph.shape)
-        grid = TileGrid(micrograph.shape, tile=tile, stride=tile, remainder="drop")
-        positions = chosen_positions(grid, tiles_per_image,
-                                     None if mask is None else mask.labels)
-        if not positions:
-            raise MicrocaeError(f"{path}: no {tile}×{tile} tile fits inside the image"
-                                + ("" if mask is None else " and its label mask"))
-        tiles = _cut(micrograph.pixels, positions, tile)
+        _compare_image(comparison, model, fast, path, tile, tiles_per_image,
+                       (sanity_check, seed, exact_engine, measures))
+    return comparison
+
+
+def _compare_image(comparison: Comparison, model: CAE, fast: CAE, path: str | Path, tile: int,
+                   tiles_per_image: int | None, options: tuple[bool, int, str, Measures]
+                   ) -> None:
+    """Measure every method of ``comparison`` on the chosen tiles of one image; add the results."""
+    micrograph = read_micrograph(path)
+    dark_full, _ = microstructure.otsu_dark(micrograph.pixels)
+    mask = find_label_mask(path, micrograph.shape)
+    grid = TileGrid(micrograph.shape, tile=tile, stride=tile, remainder="drop")
+    positions = chosen_positions(grid, tiles_per_image or len(grid.positions),
+                                 None if mask is None else mask.labels)
+    if not positions:
+        raise MicrocaeError(f"{path}: no {tile}×{tile} tile fits inside the image"
+                            + ("" if mask is None else " and its label mask"))
+    dtype = next(model.parameters()).dtype
+    panel: dict[str, np.ndarray] = {}
+    for start in range(0, len(positions), CHUNK):
+        chunk = positions[start:start + CHUNK]
+        tiles = _cut(micrograph.pixels, chunk, tile)
         x = torch.from_numpy(tiles).to(dtype)[:, None]
-        dark = _cut(dark_full, positions, tile)
-        label = None if mask is None else _cut(mask.labels, positions, tile)
-        panel: dict[str, np.ndarray] = {}
-        for method in methods:
+        dark = _cut(dark_full, chunk, tile)
+        label = None if mask is None else _cut(mask.labels, chunk, tile)
+        for method in comparison.methods:
             maps, rows, curves = _measure_tiles(
                 model, fast, x, method, dark, label, "phase" if mask is None else mask.kind,
-                sanity_check, seed, exact_engine)
+                *options)
             comparison.tiles += [TileResult(str(path), y, x0, method, row)
-                                 for (y, x0), row in zip(positions, rows, strict=True)]
+                                 for (y, x0), row in zip(chunk, rows, strict=True)]
             for key, value in curves.items():
                 earlier = comparison.curves[method].get(key)
                 comparison.curves[method][key] = (
                     value if earlier is None else np.concatenate([earlier, value]))
-            panel[method] = maps[0].numpy()
-        name = Path(path).stem
-        if any(name == taken for taken, _, _ in comparison.panels):
-            name = f"{Path(path).parent.name}_{name}"
-        comparison.panels.append((name, tiles[0], panel))
-    return comparison
+            panel.setdefault(method, maps[0].numpy())
+    name = Path(path).stem
+    if any(name == taken for taken, _, _ in comparison.panels):
+        name = f"{Path(path).parent.name}_{name}"
+    comparison.panels.append((name, _cut(micrograph.pixels, positions[:1], tile)[0], panel))
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:

@@ -127,7 +127,8 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
         (S + 1,) share of pixels changed.
     curves
         Method -> ``{"deletion_latent", "insertion_latent", "deletion_mse", "insertion_mse"}`` ->
-        (T, S + 1) curves over T tiles; the mean over tiles is drawn.
+        (T, S + 1) curves over T tiles; the mean over tiles is drawn (methods without curves
+        are left out).
 
     Returns
     -------
@@ -149,6 +150,8 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
     )
     for axis, (key, title, label) in zip(axes.ravel(), panels, strict=True):
         for method, per_method in curves.items():
+            if key not in per_method:  # measured without curves
+                continue
             style = ":" if method in ("random", "sobel-edges") else "-"
             axis.plot(fractions, np.mean(per_method[key], axis=0), style,
                       label=_TITLES.get(method, method))
