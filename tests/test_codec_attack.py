@@ -7,6 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import synthetic_micrograph, write_png
 
 from microcae.cli import main
@@ -29,3 +30,40 @@ def test_attack_script_reports_every_scenario(tmp_path, tiny_model_file, monkeyp
                                        "leak-1-scratch", "leak-1-adapted", "encoder-known"]
     assert report["eval_tiles"] == 2
     assert (out / "attack.md").read_text().count("\n") == 2 + 7
+
+
+def test_owner_budget_and_curve_checkpoints():
+    from microcae.evaluation.attack import curve_steps, owner_budget_steps
+    from microcae.util.errors import MicrocaeError
+
+    provenance = {"epochs_completed": 50, "data": {"train_tiles": 63}}
+    # 50 epochs × 63 tiles × 256² px = 3150 steps × 16 crops × 64² px
+    assert owner_budget_steps(provenance, tile=256, batch=16) == 3150
+    assert owner_budget_steps(provenance, tile=256, batch=32) == 1575
+    assert owner_budget_steps({**provenance, "epochs_completed": 1}, 100, 16) == 10  # 9.6
+    assert curve_steps(3150) == [25, 50, 100, 200, 400, 800, 1600, 3150]
+    assert curve_steps(25) == [25] and curve_steps(2) == [2]
+    with pytest.raises(MicrocaeError, match="training budget"):
+        owner_budget_steps({}, 256, 16)
+
+
+def test_attack_curves_end_at_the_reported_scores(tmp_path, tiny_model):
+    from microcae.data.dataset import prepare_dataset
+    from microcae.evaluation.attack import AttackResult, decoder_attack
+
+    for i in range(4):
+        write_png(tmp_path / "raw" / f"m{i}.png", synthetic_micrograph(64, 128, seed=i))
+    data = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", tile=64, test_fraction=0.5,
+                           progress=False)
+    result = decoder_attack(tiny_model, data, eval_tiles=2, leaks=(0, 1), steps=30, batch=2)
+    assert result.leaks == (1,)  # 0 leaks: the scenarios without pairs
+    assert set(result.curves) == {"stats-match", "leak-1-scratch", "leak-1-adapted",
+                                  "encoder-known"}
+    for name, curve in result.curves.items():
+        assert [step for step, _ in curve] == [25, 30]
+        assert curve[-1][1] == result.scenarios[name]
+    again = AttackResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert again == result
+    table = result.curve_table().markdown()
+    assert table.splitlines()[0] == "| scenario | 25 steps | 30 steps |"
+    assert f"| {result.curves['encoder-known'][0][1].psnr_db:.2f} |" in table

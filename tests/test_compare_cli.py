@@ -110,7 +110,7 @@ def test_grain_boundary_labels_of_a_real_micrograph(tiny_model) -> None:
     image = SHARED_MICROGRAPHS / "nist_lowcarbon_steel_optical" / "grain_structures_steel.tif"
     comparison = compare_images(tiny_model, [image], methods=["sobel-edges", "random"],
                                 tile=64, tiles_per_image=2, sanity_check=False)
-    by_method = {s["method"]: s for s in comparison.summary()}
+    by_method = {s.method: s.means for s in comparison.summary()}
     # Grain boundaries are edges: the edge detector finds the labelled boundaries, noise not.
     assert by_method["sobel-edges"]["label_auroc"] > 0.75
     assert abs(by_method["random"]["label_auroc"] - 0.5) < 0.05
@@ -126,6 +126,7 @@ def test_complex_step_row_is_the_same_whichever_exact_engine_computes_it(images,
     np.testing.assert_allclose(maps["jvp"], maps["vjp"], rtol=1e-4, atol=1e-7)
     assert runs["vjp"].settings["complex_step_engine"] == "vjp"
     for key in ("deletion_latent_auc", "insertion_latent_auc", "dark_auroc"):
-        assert runs["jvp"].rows[0][key] == pytest.approx(runs["vjp"].rows[0][key], rel=1e-4)
+        assert runs["jvp"].tiles[0].scores[key] == pytest.approx(runs["vjp"].tiles[0].scores[key],
+                                                                 rel=1e-4)
     with pytest.raises(MicrocaeError, match="exact engine"):
         compare_images(tiny_model, [images[0]], methods=["gbp"], exact_engine="gbp")

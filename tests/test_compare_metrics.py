@@ -11,11 +11,11 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torch import nn
 
+from microcae.evaluation.labels import find_label_mask
 from microcae.metrics.faithfulness import blurred_copy, perturbation_curves, random_order_map
 from microcae.metrics.microstructure import (
     IGNORE,
     auroc,
-    find_label_mask,
     mass_ratio,
     microstructure_scores,
     otsu_dark,

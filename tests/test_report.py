@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,8 +14,18 @@ from conftest import synthetic_micrograph, write_png
 
 from microcae.cli import main
 from microcae.data.dataset import prepare_dataset
+from microcae.evaluation.attack import AttackResult
+from microcae.evaluation.fidelity import CodedTile, FidelityResult
 from microcae.evaluation.reproduction import claims
 from microcae.evaluation.reproduction.exactness import autograd_columns
+from microcae.evaluation.reproduction.results import (
+    MethodStats,
+    MseEstimate,
+    SaliencyEstimates,
+    StorageRow,
+)
+from microcae.metrics.bootstrap import Estimate
+from microcae.metrics.reconstruction import ReconstructionScores
 from microcae.models.cae import CAE
 from microcae.models.registry import load_model
 
@@ -24,32 +35,47 @@ SAMPLES = Path(__file__).resolve().parents[1] / "src" / "microcae" / "assets" / 
 @pytest.mark.parametrize(("train", "test", "verdict"), [
     (0.001, 0.002, "holds"), (0.003, 0.004, "partly"), (0.01, 0.02, "does not hold")])
 def test_mse_verdicts(train, test, verdict):
-    assert claims.mse_claim(train, test).verdict == verdict
+    def tight(value: float) -> Estimate:  # an interval from 4 micrographs, ±5 % around the mean
+        return Estimate(value, 0.95 * value, 1.05 * value, 40, 4)
+
+    assert claims.mse_claim(MseEstimate("steel", tight(train), tight(test))).verdict == verdict
 
 
 def test_bytes_verdict_counts_the_storages_that_reach_32():
-    rows = [{"label": "float32", "ratio": 7.9}, {"label": "uint8 + zstd", "ratio": 53.1}]
+    rows = [StorageRow("float32", 8280.0, Estimate(7.9, 7.9, 7.9, 8, 2), 1.01),
+            StorageRow("uint8 + zstd", 1234.0, Estimate(53.1, 52.0, 54.0, 8, 2), 0.15)]
     claim = claims.bytes_claim(rows)
     assert claim.verdict == "partly" and "uint8 + zstd 53.1" in claim.measured
     assert claims.bytes_claim(rows[1:]).verdict == "holds"
     assert claims.bytes_claim(rows[:1]).verdict == "does not hold"
 
 
-def test_key_verdict_separates_blind_and_leaked_adversaries():
-    def results(blind: float, leaked: float) -> dict:
-        return {"owner": {"psnr_db": 20.0}, "mean-image": {"psnr_db": 10.0},
-                "latent-view": {"psnr_db": blind}, "leak-4-adapted": {"psnr_db": leaked}}
+def attack_result(psnr: dict[str, float]) -> AttackResult:
+    """An attack result with the given mean PSNR per scenario (other scores unused)."""
+    return AttackResult("f", "m", 10, 20, 6, (4,), 2, 2, 64, 0, 1.0,
+                        {k: ReconstructionScores(10 ** (-v / 10), v, 0.5) for k, v in psnr.items()})
 
-    no_leak = ("mean-image", "latent-view")
-    assert claims.key_claim(results(15.0, 16.0), no_leak).verdict == "holds"
-    partly = claims.key_claim(results(15.0, 19.5), no_leak)
+
+def test_key_verdict_separates_blind_and_leaked_adversaries():
+    def results(blind: float, leaked: float) -> AttackResult:
+        return attack_result({"owner": 20.0, "mean-image": 10.0, "latent-view": blind,
+                              "leak-4-adapted": leaked})
+
+    assert claims.key_claim(results(15.0, 16.0)).verdict == "holds"
+    partly = claims.key_claim(results(15.0, 19.5))
     assert partly.verdict == "partly" and "leak-4-adapted" in partly.measured
-    assert claims.key_claim(results(18.0, 19.5), no_leak).verdict == "does not hold"
+    assert claims.key_claim(results(18.0, 19.5)).verdict == "does not hold"
+
+
+def stats(**values: float) -> MethodStats:
+    """Method stats with the given values, NaN elsewhere."""
+    fields = {f.name: math.nan for f in dataclasses.fields(MethodStats)}
+    return MethodStats(**{**fields, "tiles": 4, **values})
 
 
 def test_consistency_verdict_skips_unmeasured_measures():
-    def row(noise: float, share: float, sanity: float) -> dict:
-        return {"noise_rho": noise, "dark_share": share, "sanity_pass": sanity}
+    def row(noise: float, share: float, sanity: float) -> MethodStats:
+        return stats(noise_rho=noise, dark_share=share, sanity_pass=sanity)
 
     methods = {"complex-step": row(0.9, 1.0, math.nan), "gbp": row(0.95, 0.5, math.nan),
                "lrp-w2": row(0.8, 0.7, math.nan)}
@@ -60,9 +86,21 @@ def test_consistency_verdict_skips_unmeasured_measures():
 
 
 def test_microstructure_verdict_needs_mean_and_agreement():
-    clear = {"dark_auroc": 0.8, "dark_share": 1.0, "boundary_auroc": 0.7, "boundary_share": 0.9}
+    def region(value: float) -> Estimate:
+        return Estimate(value, value - 0.05, value + 0.05, 40, 4)
+
+    def summary(dark: float, dark_share: float, boundary: float, boundary_share: float
+                ) -> SaliencyEstimates:
+        return SaliencyEstimates(40, 4, {"dark_auroc": region(dark),
+                                         "boundary_auroc": region(boundary),
+                                         "dark_mass_ratio": region(1.5),
+                                         "label_auroc": region(math.nan)},
+                                 region(dark_share), region(boundary_share))
+
+    values = {"dark": 0.8, "dark_share": 1.0, "boundary": 0.7, "boundary_share": 0.9}
+    clear = summary(**values)
     assert claims.microstructure_claim(clear, "steels").verdict == "holds"
-    split = {**clear, "boundary_share": 0.5}
+    split = summary(**{**values, "boundary_share": 0.5})
     assert claims.microstructure_claim(split, "steels").verdict == "partly"
 
 
@@ -82,26 +120,7 @@ def test_autograd_columns_match_a_finite_difference():
         torch.testing.assert_close(got[pixel], expected, rtol=1e-6, atol=0)
 
 
-def golden_numbers(numbers: dict) -> dict:
-    """The quick report's seeded, machine-independent numbers as flat ``section.key`` entries.
-
-    Left out: timings, versions, paths and the exactness differences (rounding noise, ~1e-16).
-    """
-    flat = {f"data.{k}": numbers["data"][k]
-            for k in ("images", "train_tiles", "test_tiles", "tile", "manifest_sha256")}
-    flat["model.fingerprint"] = numbers["model"]["fingerprint"]
-    flat |= {f"reconstruction.{k}": v for k, v in numbers["reconstruction"].items()}
-    flat |= {f"storage.{row['label']}.{k}": row[k] for row in numbers["storage"]
-             for k in ("bytes", "ratio")}
-    flat |= {f"claims.{claim['claim']}": claim["verdict"] for claim in numbers["claims"]}
-    flat |= {f"comparison.{method}.{k}": v for method, row in numbers["comparison"]["all"].items()
-             for k, v in row.items() if k != "seconds_per_tile"}
-    flat |= {f"attack.{name}.{k}": v for name, row in numbers["attack"]["results"].items()
-             for k, v in row.items()}
-    return flat
-
-
-def test_quick_report_end_to_end(tmp_path, capsys, expected):
+def test_quick_report_end_to_end(tmp_path, capsys):
     out = tmp_path / "docs"
     assert main(["report", str(SAMPLES), "--out", str(out), "--quick", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -113,7 +132,7 @@ def test_quick_report_end_to_end(tmp_path, capsys, expected):
     prepared = prepare_dataset([SAMPLES], tmp_path / "set", progress=False)
     test = np.asarray(prepared.tiles[prepared.indices("test")], dtype=np.float32)
     with torch.no_grad():
-        rebuilt = model(torch.from_numpy(test)[:, None])["x_hat"][:, 0].numpy()
+        rebuilt = model(torch.from_numpy(test)[:, None])[:, 0].numpy()
     expected_mse = float(np.mean((rebuilt - test) ** 2))
     assert numbers["reconstruction"]["test_mse"] == pytest.approx(expected_mse, rel=1e-5)
     assert numbers["data"]["test_tiles"] == len(test)
@@ -128,13 +147,6 @@ def test_quick_report_end_to_end(tmp_path, capsys, expected):
     for name in ("fig10_reconstructions.png", "fig11_saliency.png"):
         assert (out / "reproduction" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"reproduction/{name}" in text
-    golden = golden_numbers(numbers)
-    stored = expected("quick_report", golden)  # MICROCAE_GENERATE_EXPECTED=1 rewrites it
-    assert sorted(golden) == sorted(stored)
-    words = {k for k, v in stored.items() if isinstance(v, str)}
-    assert {k: golden[k] for k in words} == {k: stored[k] for k in words}
-    measured = {k: v for k, v in golden.items() if k not in words}
-    assert measured == pytest.approx({k: stored[k] for k in measured}, rel=1e-4, nan_ok=True)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
@@ -152,3 +164,175 @@ def test_bad_report_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0]
     assert not (tmp_path / "docs").exists()
+
+
+def estimate(value: float, low: float, high: float, clusters: int = 4) -> Estimate:
+    return Estimate(value, low, high, 10 * clusters, clusters)
+
+
+def saliency(dark: Estimate, boundary: Estimate, share: float = 1.0) -> SaliencyEstimates:
+    point = estimate(share, share, share)
+    return SaliencyEstimates(40, 4, {"dark_auroc": dark, "boundary_auroc": boundary,
+                                     "dark_mass_ratio": estimate(1.2, 1.1, 1.3),
+                                     "label_auroc": estimate(math.nan, math.nan, math.nan, 0)},
+                             point, point)
+
+
+def test_microstructure_verdict_needs_the_interval_above_chance():
+    clear = estimate(0.8, 0.7, 0.9)
+    assert claims.microstructure_claim(saliency(clear, clear), "steel").verdict == "holds"
+    wide = estimate(0.8, 0.45, 0.95)  # the mean and every tile pass, the interval does not
+    claim = claims.microstructure_claim(saliency(clear, wide), "steel")
+    assert claim.verdict == "partly" and "0.80 [0.45, 0.95]" in claim.measured
+    one = estimate(0.8, 0.8, 0.8, clusters=1)  # one micrograph: no interval, no pass
+    assert claims.microstructure_claim(saliency(one, one), "steel").verdict == "does not hold"
+    assert claims.microstructure_claim(saliency(clear, clear, 0.7), "s").verdict == "does not hold"
+
+
+def test_mse_verdict_needs_both_intervals_below_the_study_value():
+    def row(train_high: float, test_high: float) -> MseEstimate:
+        return MseEstimate("steel", estimate(0.002, 0.001, train_high),
+                           estimate(0.003, 0.002, test_high))
+
+    assert claims.mse_claim(row(0.003, 0.0034)).verdict == "holds"
+    others = [MseEstimate("general", estimate(0.006, 0.005, 0.007), estimate(0.01, 0.008, 0.02))]
+    claim = claims.mse_claim(row(0.003, 0.004), others)
+    assert claim.verdict == "partly" and "general: test 0.0100 [0.0080, 0.0200]" in claim.measured
+    assert claims.mse_claim(row(0.0036, 0.004)).verdict == "does not hold"
+
+
+def coded(image: str, codec: str, phase: float, two_point: float, boundary: float) -> CodedTile:
+    return CodedTile(image, codec, 2000, False, {"mse": 0.01, "psnr_db": 20.0, "ssim": 0.5,
+                                                 "phase_fraction_error": phase,
+                                                 "two_point_error": two_point,
+                                                 "boundary_f": boundary})
+
+
+def test_fidelity_verdict_compares_the_cae_with_jpeg2000_per_micrograph():
+    tiles = []
+    for image, (cae_phase, j2k_phase) in zip("abc", [(0.01, 0.02), (0.03, 0.02), (0.01, 0.03)],
+                                             strict=True):
+        tiles += [coded(image, "study CAE", cae_phase, 0.02, 0.6),
+                  coded(image, "jpeg2000", j2k_phase, 0.01, 0.9)]
+    result = FidelityResult(tiles)
+    # phase fraction: the CAE is better on two micrographs, worse on one: not measurably worse;
+    # two-point error and boundary F: worse on every micrograph
+    lead = result.advantage("phase_fraction_error", "jpeg2000")
+    assert lead.value == pytest.approx(np.mean([0.01, -0.01, 0.02])) and lead.low < 0 < lead.high
+    assert result.advantage("boundary_f", "jpeg2000").high == pytest.approx(-0.3)
+    claim = claims.fidelity_claim(result, "steel")
+    assert claim.verdict == "partly" and "0.600 [0.600, 0.600] vs 0.900" in claim.measured
+    better = FidelityResult([coded(t.image, t.codec, 0.0, 0.0, 1.0 if t.codec == "study CAE"
+                                   else 0.5) for t in tiles])
+    assert claims.fidelity_claim(better, "steel").verdict == "holds"
+
+
+def test_key_verdict_reports_the_gain_over_the_last_doubling_of_steps():
+    psnr = {"owner": 25.0, "mean-image": 10.0, "latent-view": 15.0, "encoder-known": 20.0}
+    stored = dataclasses.replace(attack_result(psnr), steps=400, curves={"encoder-known": [
+        (step, ReconstructionScores(0.01, value, 0.5))
+        for step, value in ((100, 17.0), (200, 18.5), (400, 20.0))]})
+    check = attack_result({**psnr, "encoder-known": 12.0})
+    claim = claims.key_claim(stored, "owner's budget", check)
+    assert claim.verdict == "holds"
+    assert "+1.5 dB over its last doubling" in claim.measured
+    assert "this run's 2-step check: strongest 15.0 dB (latent-view)" in claim.measured
+
+
+@pytest.fixture(scope="module")
+def steel_case(tmp_path_factory) -> dict[str, Path]:
+    """Micrographs in two 'steel' groups and one other, and tiny study-like models of the steels."""
+    from microcae.evaluation.reproduction.steel import train_steel_models
+    from microcae.models.cae import CAEConfig
+    from microcae.training.settings import TrainSettings
+
+    root = tmp_path_factory.mktemp("steel")
+    raw = root / "raw"
+    for group, seeds in (("steelA", (0, 1, 2)), ("steelB", (3, 4, 5)), ("other", (6, 7, 8))):
+        for seed in seeds:  # two tiles each; the split puts one image of each group in test
+            write_png(raw / group / f"m{seed}.png", synthetic_micrograph(256, 512, seed=seed))
+    steel = prepare_dataset([raw / "steelA", raw / "steelB"], root / "steel", progress=False)
+    settings, tiny = TrainSettings(epochs=1, batch_size=4), CAEConfig(channels=(4, 4))
+    train_steel_models(steel, root / "models", settings, config=tiny)
+    only_a = prepare_dataset([raw / "steelA"], root / "steel_a", progress=False)
+    train_steel_models(only_a, root / "models_a", settings, only="tiles", config=tiny)
+    return {"raw": raw, "models": root / "models", "models_a": root / "models_a",
+            "steel": root / "steel"}
+
+
+def test_steel_models_cover_every_micrograph_once(steel_case):
+    from microcae.data.dataset import load_dataset
+    from microcae.evaluation.reproduction.steel import load_steel_models
+
+    data = load_dataset(steel_case["steel"])
+    models = load_steel_models(steel_case["models"], data)
+    sources = [s["file"] for s in data.manifest["sources"]]
+    assert set(models.runs) == {"tiles", *(f"image-{Path(s).stem}" for s in sources)}
+    for source in sources:
+        fold = models.fold(source)
+        held = {t["index"] for t in data.manifest["tiles"] if t["source"] == source}
+        assert set(fold.test_tiles.tolist()) == held
+        assert fold.provenance["data"]["test_tiles"] == len(held)
+    split = models.tile_split
+    assert len(split.test_tiles) == round(0.2 * len(data.manifest["tiles"]))
+    standard = [s["file"] for s in data.manifest["sources"] if s["split"] == "test"]
+    assert models.standard.held_out == (standard[0],)
+    owner = models.owner_set(data)
+    assert set(owner.indices("test").tolist()) == set(models.standard.test_tiles.tolist())
+    assert owner.manifest_sha256 == models.owner_set(data).manifest_sha256  # reproducible
+
+
+def test_quick_report_with_steel_models_and_readme(steel_case, tmp_path, capsys,
+                                                   tiny_model_file):
+    from microcae.data.dataset import load_dataset
+    from microcae.evaluation.reproduction.document import README_BEGIN, README_END
+    from microcae.evaluation.reproduction.steel import load_steel_models
+
+    raw, out = steel_case["raw"], tmp_path / "docs"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold table\n{README_END}\n\nrest\n")
+    argv = ["report", str(raw / "steelA"), str(raw / "steelB"), str(raw / "other"),
+            "--study-like", "steelA", "--study-like", "steelB", "--steel-models",
+            str(steel_case["models"]), "--readme", str(readme), "--out", str(out), "--quick",
+            "--no-progress", "--model", str(tiny_model_file)]  # a small general model: fast
+    assert main(argv) == 0, capsys.readouterr().err
+    numbers = json.loads((out / "reproduction" / "report.json").read_text())
+    assert len(numbers["claims"]) == 9
+    assert numbers["claims"][3]["rule"].startswith("judged on steel CAE, random tile split")
+    steel_scope, general_scope = numbers["every_tile"]
+    assert numbers["every_tile"][steel_scope]["complex-step"]["tiles"] == 12  # every tile
+    assert numbers["every_tile"][steel_scope]["complex-step"]["images"] == 6
+    assert numbers["every_tile"][general_scope]["complex-step"]["images"] == 2  # test images
+    assert len(numbers["fidelity"]["tiles"]) == 12 * 4  # tiles × (CAE + 3 codecs)
+    # Held-out MSE, recomputed: every tile by the model that did not train on its micrograph.
+    data = load_dataset(steel_case["steel"])
+    models = load_steel_models(steel_case["models"], data)
+    errors = []
+    for source in dict.fromkeys(t["source"] for t in data.manifest["tiles"]):
+        tiles = [t["index"] for t in data.manifest["tiles"] if t["source"] == source]
+        x = torch.from_numpy(np.asarray(data.tiles[tiles]))[:, None]
+        with torch.no_grad():
+            rebuilt = models.fold(source).model(x)
+        errors += ((rebuilt - x) ** 2).mean(dim=(1, 2, 3)).tolist()
+    held_out = next(m for m in numbers["mse"] if "split by image" in m["label"]
+                    and m["label"].startswith("steel"))
+    assert held_out["test"]["value"] == pytest.approx(np.mean(errors), rel=1e-5)
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{README_END}\n\nrest\n")
+    assert text.count("\n| ") == 1 + 9 and "(../docs/REPRODUCTION.md)" not in text
+    assert f"({Path('docs') / 'REPRODUCTION.md'})" in text
+
+
+def test_steel_models_of_other_micrographs_are_refused(steel_case, tmp_path, capsys):
+    raw = steel_case["raw"]
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    base = ["report", str(raw / "steelA"), str(raw / "steelB"), "--study-like", "steelA",
+            "--study-like", "steelB", "--out", str(tmp_path / "docs"), "--quick",
+            "--no-progress"]
+    for extra, needle in ((["--steel-models", str(steel_case["models_a"])], "other tiles"),
+                          (["--readme", str(readme)], "section")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]
+        assert not (tmp_path / "docs").exists()

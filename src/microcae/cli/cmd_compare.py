@@ -41,7 +41,7 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
             exact_engine: str, progress: bool) -> None:
     """Compare relevance methods on IMAGE files or folders; write tables and figures to OUT."""
     from microcae.data.images import find_images
-    from microcae.evaluation.comparison import compare_images, markdown_table, write_comparison
+    from microcae.evaluation.comparison import compare_images, write_comparison
     from microcae.models.registry import load_model
 
     model = load_model(model_path)
@@ -49,6 +49,6 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
                                 tile=tile, tiles_per_image=tiles_per_image, sanity_check=sanity,
                                 seed=seed, exact_engine=exact_engine, progress=progress)
     written = write_comparison(comparison, out_dir)
-    click.echo(markdown_table(comparison.summary()), nl=False)
+    click.echo(comparison.to_table().markdown(), nl=False)
     for path in written.values():
         click.echo(f"wrote {path}")

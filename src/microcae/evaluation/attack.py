@@ -9,6 +9,11 @@ reconstructions of the owner's other images come to the owner's own decoding.
 Data: a prepared set (``microcae prepare``). Its test split plays the owner's micrographs
 (whole held-out images); its train split plays the public micrographs.
 
+Budget: every training stage runs the same number of Adam steps on crops. A fair adversary gets
+the owner's budget: :func:`owner_budget_steps` gives the steps that show it as many pixels as
+the owner's training saw (epochs × training tiles × tile area). Each trained scenario is scored
+at the checkpoints of :func:`curve_steps` too, so its curve shows whether it has converged.
+
 Scenarios (all reconstructions rounded to 8 bits, scored against the 8-bit originals):
 
 owner            the owner's decoder on the latent files (reference)
@@ -30,8 +35,12 @@ encoder-known    the owner's encoder is known (e.g. the full model file was shar
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,20 +50,16 @@ from torch import nn
 from microcae.codec.container import SourceInfo, read_container, write_container
 from microcae.data.dataset import PreparedSet
 from microcae.data.images import round_to_8bit, to_uint8
-from microcae.metrics.reconstruction import reconstruction_scores
+from microcae.evaluation._batching import run_batched
+from microcae.metrics.reconstruction import ReconstructionScores, reconstruction_scores
 from microcae.models.cae import CAE, build_decoder
+from microcae.util.errors import MicrocaeError
+from microcae.util.table_writer import Column, Table
 
 NO_LEAK_SCENARIOS = ("mean-image", "latent-view", "stats-match")
 """Adversaries that have only the latent files and public micrographs."""
 
 CROP = 64
-
-
-def run_batched(module: nn.Module, inputs: np.ndarray, chunk: int = 8) -> np.ndarray:
-    """Apply ``module`` without gradients to (N, ...) float32 inputs in chunks; returns (N, ...)."""
-    with torch.no_grad():
-        return np.concatenate([module(torch.from_numpy(inputs[i:i + chunk])).numpy()
-                               for i in range(0, len(inputs), chunk)])
 
 
 def file_latents(model: CAE, tiles: np.ndarray) -> np.ndarray:
@@ -93,25 +98,78 @@ def random_crops(images: np.ndarray, latents: np.ndarray, batch: int, down: int,
     return torch.from_numpy(x[:, None]), torch.from_numpy(np.ascontiguousarray(z))
 
 
+def owner_budget_steps(provenance: Mapping[str, Any], tile: int, batch: int,
+                       crop: int = CROP) -> int:
+    """Adam steps of ``batch`` crops of ``crop``² px that see as many pixels as the owner did.
+
+    Parameters
+    ----------
+    provenance
+        The owner model file's provenance (``epochs_completed``, ``data.train_tiles``).
+    tile
+        Side (px) of the owner's training tiles.
+    batch, crop
+        The adversary's crops per step and crop side.
+
+    Returns
+    -------
+    int
+        ``ceil(epochs × train tiles × tile² / (batch × crop²))``.
+
+    Raises
+    ------
+    MicrocaeError
+        If the provenance does not say how the owner was trained.
+    """
+    try:
+        seen = int(provenance["epochs_completed"]) * int(provenance["data"]["train_tiles"])
+    except (KeyError, TypeError, ValueError):
+        raise MicrocaeError("the owner model's provenance does not give its training budget "
+                            "(epochs_completed, data.train_tiles)") from None
+    return math.ceil(seen * tile * tile / (batch * crop * crop))
+
+
+def curve_steps(steps: int, first: int = 25) -> list[int]:
+    """Checkpoints of a training curve: ``first`` doubling up to ``steps``, then ``steps``."""
+    points = []
+    while first < steps:
+        points.append(first)
+        first *= 2
+    return [*points, steps]
+
+
+Checkpoint = Callable[[int, nn.Module], None]
+
+
 def fit(module: nn.Module, batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int,
-        lr: float = 1e-3) -> nn.Module:
-    """Adam on the MSE between ``module(z)`` and ``x`` for ``steps`` batches ``(x, z)``."""
+        lr: float = 1e-3, at: Sequence[int] = (), checkpoint: Checkpoint | None = None
+        ) -> nn.Module:
+    """Adam on the MSE between ``module(z)`` and ``x`` for ``steps`` batches ``(x, z)``.
+
+    After each step number in ``at``, ``checkpoint(step, module)`` is called with the module in
+    eval mode (training resumes afterwards).
+    """
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     module.train()
-    for _ in range(steps):
+    marks = set(at)
+    for step in range(1, steps + 1):
         x, z = batches()
         optimiser.zero_grad()
         loss = nn.functional.mse_loss(module(z), x)
         loss.backward()
         optimiser.step()
+        if checkpoint is not None and step in marks:
+            checkpoint(step, module.eval())
+            module.train()
     return module.eval()
 
 
-def scores(reconstructions: np.ndarray, originals: np.ndarray) -> dict[str, float]:
-    """Mean MSE, PSNR, SSIM over tiles after rounding reconstructions to 8 bits."""
-    rows = [reconstruction_scores(o, to_uint8(r) / 255.0).as_dict()
+def scores(reconstructions: np.ndarray, originals: np.ndarray) -> ReconstructionScores:
+    """Mean MSE, PSNR, SSIM over (N, H, W) tiles after rounding reconstructions to 8 bits."""
+    rows = [reconstruction_scores(o, to_uint8(r) / 255.0)
             for r, o in zip(reconstructions, originals, strict=True)]
-    return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+    return ReconstructionScores(*(float(np.mean([getattr(r, k) for r in rows]))
+                                  for k in ("mse", "psnr_db", "ssim")))
 
 
 def decode_all(decoder: nn.Module, latents: np.ndarray) -> np.ndarray:
@@ -120,7 +178,7 @@ def decode_all(decoder: nn.Module, latents: np.ndarray) -> np.ndarray:
 
 
 def latent_view(latents: np.ndarray, originals: np.ndarray, public: np.ndarray,
-                down: int) -> dict[str, float]:
+                down: int) -> ReconstructionScores:
     """PCA component of the latent channels, upsampled and scaled to public grey levels."""
     flat = latents.transpose(1, 0, 2, 3).reshape(latents.shape[1], -1)
     centred = flat - flat.mean(axis=1, keepdims=True)
@@ -133,7 +191,7 @@ def latent_view(latents: np.ndarray, originals: np.ndarray, public: np.ndarray,
         view = sign * upsampled
         view = (view - view.mean()) / view.std() * public.std() + public.mean()
         result = scores(view, originals)
-        if best is None or result["psnr_db"] > best["psnr_db"]:
+        if best is None or result.psnr_db > best.psnr_db:
             best = result
     return best
 
@@ -164,9 +222,126 @@ def stats_matched_adapter(owner: np.ndarray, own: np.ndarray) -> nn.Conv2d:
     return adapter
 
 
+Curve = list[tuple[int, ReconstructionScores]]
+"""(training step, mean scores at that step), ascending in steps."""
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What :func:`decoder_attack` measured.
+
+    Attributes
+    ----------
+    owner_model_fingerprint, data_manifest_sha256
+        Which owner model and which prepared set.
+    owner_tiles, public_tiles, eval_tiles
+        Tiles of the owner (test split), of the public micrographs (train split) and scored.
+    leaks
+        Numbers of leaked (image, latent) pairs tried.
+    steps, batch, crop, seed
+        Adam steps per training stage, crops per step, crop side (px) and seed.
+    seconds
+        Wall time of the whole attack.
+    scenarios
+        Scenario name (module docstring) -> mean scores over the evaluated tiles at the end of
+        training, in run order.
+    curves
+        Trained scenario -> its scores at the checkpoints of :func:`curve_steps` (empty for runs
+        stored before curves were recorded).
+    """
+
+    owner_model_fingerprint: str
+    data_manifest_sha256: str
+    owner_tiles: int
+    public_tiles: int
+    eval_tiles: int
+    leaks: tuple[int, ...]
+    steps: int
+    batch: int
+    crop: int
+    seed: int
+    seconds: float
+    scenarios: dict[str, ReconstructionScores]
+    curves: dict[str, Curve] = field(default_factory=dict)
+
+    def psnr_db(self) -> dict[str, float]:
+        """Map each scenario to its mean PSNR (dB)."""
+        return {name: s.psnr_db for name, s in self.scenarios.items()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per scenario: ``scenario``, ``psnr_db``, ``ssim``, ``mse``."""
+        return [{"scenario": name, "psnr_db": s.psnr_db, "ssim": s.ssim, "mse": s.mse}
+                for name, s in self.scenarios.items()]
+
+    def to_table(self) -> Table:
+        """Return scenario, PSNR (dB), SSIM and MSE per scenario."""
+        return Table.of(self.rows(), ATTACK_COLUMNS)
+
+    def curve_table(self) -> Table:
+        """PSNR (dB) of every trained scenario (rows) at every checkpoint (columns)."""
+        steps = sorted({step for curve in self.curves.values() for step, _ in curve})
+        rows = [{"scenario": name, **{str(step): score.psnr_db for step, score in curve}}
+                for name, curve in self.curves.items()]
+        return Table.of(rows, [Column("scenario"),
+                               *(Column(str(step), f"{step} steps", ".2f") for step in steps)])
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (``results``: scenario -> ``mse``, ``psnr_db``, ``ssim``)."""
+        fields = {k: v for k, v in vars(self).items() if k not in ("scenarios", "curves")}
+        out = {**fields, "leaks": list(self.leaks),
+               "results": {name: s.as_dict() for name, s in self.scenarios.items()}}
+        if self.curves:
+            out["curves"] = {name: [{"step": step, **score.as_dict()} for step, score in curve]
+                             for name, curve in self.curves.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AttackResult:
+        """Inverse of :meth:`to_json` (e.g. a stored run; keys it does not write are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"scenarios", "curves"}
+        fields = {k: v for k, v in data.items() if k in names}
+        curves = {name: [(int(p["step"]), ReconstructionScores(p["mse"], p["psnr_db"],
+                                                               p["ssim"])) for p in points]
+                  for name, points in data.get("curves", {}).items()}
+        return cls(**{**fields, "leaks": tuple(data["leaks"]), "curves": curves,
+                      "scenarios": {name: ReconstructionScores(**s)
+                                    for name, s in data["results"].items()}})
+
+
+ATTACK_COLUMNS = (Column("scenario"), Column("psnr_db", "PSNR (dB)", ".2f"),
+                  Column("ssim", "SSIM", ".4f"), Column("mse", "MSE", ".5f"))
+"""Columns of the attack table."""
+
+
+class _Scoring:
+    """Scores decoders on the owner's evaluation tiles and records their training curves."""
+
+    def __init__(self, targets: np.ndarray, latents: np.ndarray, steps: int,
+                 log: Callable[[str], None] | None) -> None:
+        self.targets, self.latents, self.at = targets, latents, curve_steps(steps)
+        self.log = log or (lambda line: None)
+        self.results: dict[str, ReconstructionScores] = {}
+        self.curves: dict[str, Curve] = {}
+
+    def score(self, decoder: nn.Module) -> ReconstructionScores:
+        return scores(decode_all(decoder, self.latents), self.targets)
+
+    def trained(self, name: str, module: nn.Module, batches: Callable[[], tuple], steps: int,
+                view: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
+        """Fit ``module``, scoring ``view(module)`` at every checkpoint; record the last."""
+        curve: Curve = []
+        fit(module, batches, steps, at=self.at,
+            checkpoint=lambda step, m: curve.append((step, self.score(view(m)))))
+        self.curves[name] = curve
+        self.results[name] = curve[-1][1]
+        self.log(f"{name}: " + ", ".join(f"{step} steps {score.psnr_db:.2f} dB"
+                                         for step, score in curve))
+        return module
+
+
 def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
-                   leaks: Sequence[int] = (1, 4), steps: int = 400, batch: int = 16,
-                   seed: int = 0) -> dict:
+                   leaks: Sequence[int] = (1, 4, 16), steps: int = 400, batch: int = 16,
+                   seed: int = 0, log: Callable[[str], None] | None = None) -> AttackResult:
     """Run every scenario of the module docstring and score it on the owner's held-out tiles.
 
     Parameters
@@ -178,74 +353,59 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     eval_tiles
         Owner tiles scored (after the leaked ones are set aside).
     leaks
-        Numbers of leaked (image, latent) pairs tried.
+        Numbers of leaked (image, latent) pairs tried (0 leaks: the scenarios without pairs).
     steps
-        Adam steps per training stage (64×64 crops).
+        Adam steps of every training stage (64×64 crops); :func:`owner_budget_steps` gives the
+        owner's budget.
     batch
         Crops per step.
     seed
         Seeds the crops, the choice of leaked tiles and weight initialisation.
+    log
+        Called with one line per finished training stage (its curve).
 
     Returns
     -------
-    dict
-        JSON-ready: settings, ``seconds`` and ``results`` (scenario -> mean ``mse``,
-        ``psnr_db``, ``ssim`` over the evaluated tiles).
+    AttackResult
+        Settings, wall time, the final scores of every scenario and the training curves.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    leaks = list(leaks)
-    down = owner.config.downsample
+    leaks = [k for k in leaks if k > 0]
+    down = owner.downsample
     owner_tiles = round_to_8bit(prepared.tiles[prepared.indices("test")])
     public = round_to_8bit(prepared.tiles[prepared.indices("train")])
+    if len(owner_tiles) <= max(leaks, default=0):
+        raise MicrocaeError(f"{len(owner_tiles)} owner tiles cannot leak {max(leaks)} pairs and "
+                            "leave tiles to score")
     order = rng.permutation(len(owner_tiles))
     leaked_pool = order[: max(leaks, default=0)]
     evaluation = order[max(leaks, default=0):][:eval_tiles]
     owner_latents = file_latents(owner, owner_tiles)
-    targets, target_latents = owner_tiles[evaluation], owner_latents[evaluation]
+    run = _Scoring(owner_tiles[evaluation], owner_latents[evaluation], steps, log)
+    run.results["owner"] = run.score(owner.decoder)
+    run.results["mean-image"] = scores(np.full_like(run.targets, public.mean()), run.targets)
+    run.results["latent-view"] = latent_view(run.latents, run.targets, public, down)
 
-    results: dict[str, dict[str, float]] = {}
-    results["owner"] = scores(decode_all(owner.decoder, target_latents), targets)
-    results["mean-image"] = scores(np.full_like(targets, public.mean()), targets)
-    results["latent-view"] = latent_view(target_latents, targets, public, down)
+    def matched(own: CAE) -> nn.Module:
+        adapter = stats_matched_adapter(owner_latents, run_batched(own.encoder, public[:, None]))
+        return nn.Sequential(adapter, own.decoder)
 
-    own = CAE(owner.config)
-    fit(nn.Sequential(own.encoder, own.decoder), lambda: image_crops(public, batch, rng),
-        2 * steps)
-    own.eval()
-    own_public_latents = run_batched(own.encoder, public[:, None])
-    adapter = stats_matched_adapter(owner_latents, own_public_latents)
-    results["stats-match"] = scores(
-        decode_all(nn.Sequential(adapter, own.decoder), target_latents), targets)
-
+    own = run.trained("stats-match", CAE(owner.config),
+                      lambda: image_crops(public, batch, rng), steps, matched)
+    adapter = matched(own)[0]
     for k in leaks:
         leaked = leaked_pool[:k]
         pairs = lambda leaked=leaked: random_crops(  # noqa: E731
             owner_tiles[leaked], owner_latents[leaked], batch, down, rng)
-        scratch = fit(build_decoder(owner.config), pairs, steps)
-        results[f"leak-{k}-scratch"] = scores(decode_all(scratch, target_latents), targets)
-        adapted = nn.Sequential(copy.deepcopy(adapter), copy.deepcopy(own.decoder))
-        adapted = fit(adapted, pairs, steps)
-        results[f"leak-{k}-adapted"] = scores(decode_all(adapted, target_latents), targets)
-
+        run.trained(f"leak-{k}-scratch", build_decoder(owner.config), pairs, steps)
+        run.trained(f"leak-{k}-adapted", nn.Sequential(copy.deepcopy(adapter),
+                                                       copy.deepcopy(own.decoder)), pairs, steps)
     public_latents = run_batched(owner.encoder, public[:, None])
-    known = fit(build_decoder(owner.config),
-                lambda: random_crops(public, public_latents, batch, down, rng), 2 * steps)
-    results["encoder-known"] = scores(decode_all(known, target_latents), targets)
-    return {
-        "owner_model_fingerprint": owner.fingerprint(),
-        "data_manifest_sha256": prepared.manifest_sha256,
-        "owner_tiles": len(owner_tiles), "public_tiles": len(public),
-        "eval_tiles": len(evaluation), "leaks": leaks, "steps": steps,
-        "batch": batch, "crop": CROP, "seed": seed,
-        "seconds": round(time.perf_counter() - started, 1), "results": results,
-    }
-
-
-def attack_table(report: dict) -> str:
-    """Markdown table of :func:`decoder_attack`'s results: scenario, PSNR, SSIM, MSE."""
-    lines = ["| scenario | PSNR (dB) | SSIM | MSE |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['psnr_db']:.2f} | {r['ssim']:.4f} | {r['mse']:.5f} |"
-              for name, r in report["results"].items()]
-    return "\n".join(lines) + "\n"
+    run.trained("encoder-known", build_decoder(owner.config),
+                lambda: random_crops(public, public_latents, batch, down, rng), steps)
+    return AttackResult(
+        owner.fingerprint(), prepared.manifest_sha256, len(owner_tiles), len(public),
+        len(evaluation), tuple(leaks), steps, batch, CROP, seed,
+        round(time.perf_counter() - started, 1), run.results, run.curves)

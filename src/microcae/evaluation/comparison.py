@@ -14,12 +14,11 @@ same footing.
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,26 +26,31 @@ from tqdm import tqdm
 
 from microcae.data.images import read_micrograph
 from microcae.data.tiling import TileGrid
+from microcae.evaluation.labels import find_label_mask
 from microcae.figures.comparison import comparison_figure, curves_figure
 from microcae.figures.style import save_figure
 from microcae.metrics import faithfulness, microstructure, sanity, stability
 from microcae.metrics.metric import Metric
 from microcae.models.cae import CAE
 from microcae.saliency import METHODS, relevance
-from microcae.saliency.registry import STUDY_METHOD, names, title
+from microcae.saliency.baselines import lrp_conservation
+from microcae.saliency.registry import names
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
-from microcae.util.table_writer import csv_text
+from microcae.util.table_writer import Column, Table, json_text
 
-CONTROLS = names("control")
+CONTROLS = ("sobel-edges", "random")
 """Model-free control maps, measured like methods."""
-PREFERRED_METHODS = (STUDY_METHOD, *names("baseline"))
+PREFERRED_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta", "gradient",
+                     "integrated-gradients")
 """Relevance methods compared by default (those registered in METHODS)."""
-FIGURE_METHODS = names(study=True)
+FIGURE_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta")
 """Panels of the study's Fig. 11 after the input."""
 EXACT_ENGINES = names("engine", exact=True)
-"""Engines that compute the complex-step relevance exactly, fastest first (the default)."""
+"""Engines that compute the complex-step relevance exactly; the first is the default (fastest
+on 256×256 tiles on a CPU: under a second per tile, against minutes for the coloured complex
+step)."""
 TIME = Metric("seconds_per_tile", "lower", "measured here (wall clock, this machine)",
               "time to map one tile")
 METRICS: tuple[Metric, ...] = (
@@ -66,6 +70,13 @@ def default_methods() -> tuple[str, ...]:
     return tuple(m for m in PREFERRED_METHODS if m in METHODS) + CONTROLS
 
 
+def control_map(name: str, tiles: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """Control "relevance" of (T, H, W) tiles: Sobel edges or seeded uniform noise, (T, H, W)."""
+    if name == "sobel-edges":
+        return torch.from_numpy(np.stack([microstructure.sobel_map(t) for t in tiles]))
+    return faithfulness.random_order_map(tiles.shape, seed)
+
+
 def map_function(
     method: str, seed: int = 0, exact_engine: str = EXACT_ENGINES[0]
 ) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
@@ -75,7 +86,7 @@ def map_function(
     :data:`EXACT_ENGINES` gives the same r_ij to floating-point precision.
     """
     if method in CONTROLS:
-        return lambda encoder, x: relevance(encoder, x, method, seed=seed)
+        return lambda encoder, x: control_map(method, x[:, 0].cpu().numpy(), seed)
     engine = exact_engine if method == "complex-step" else method
     return lambda encoder, x: relevance(encoder, x, engine)
 
@@ -113,6 +124,65 @@ def chosen_positions(
     return [positions[int(i)] for i in picks]
 
 
+@dataclass(frozen=True)
+class TileResult:
+    """Every measurement of one method on one tile.
+
+    Attributes
+    ----------
+    image
+        Path of the micrograph.
+    tile_y, tile_x
+        Top-left corner of the tile, pixels.
+    method
+        Method or control name.
+    scores
+        Metric column (:data:`METRICS` and :data:`EXTRA_COLUMNS`) -> value (NaN where undefined).
+    """
+
+    image: str
+    tile_y: int
+    tile_x: int
+    method: str
+    scores: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat row: ``image``, ``tile_y``, ``tile_x``, ``method`` and every score."""
+        return {"image": self.image, "tile_y": self.tile_y, "tile_x": self.tile_x,
+                "method": self.method, **self.scores}
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Means over tiles of one method's scores (NaNs skipped).
+
+    Attributes
+    ----------
+    method
+        Method or control name.
+    tiles
+        Number of tiles summarised.
+    means
+        Metric column -> mean over the tiles' finite values (NaN if none).
+    """
+
+    method: str
+    tiles: int
+    means: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat row: ``method``, ``tiles`` and every mean."""
+        return {"method": self.method, "tiles": self.tiles, **self.means}
+
+
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("method"), Column("tiles"),
+    *(Column(m.name, f"{m.name} {'↑' if m.better == 'higher' else '↓'}", ".3g") for m in METRICS),
+    *(Column(name, spec=".3g") for name in EXTRA_COLUMNS),
+)
+"""Columns of the summary table; the arrow marks the better side of each metric."""
+
+
 @dataclass
 class Comparison:
     """Everything measured by :func:`compare_images`.
@@ -121,9 +191,8 @@ class Comparison:
     ----------
     methods
         Method and control names, in table order.
-    rows
-        One dict per (image, tile, method): ``image``, ``tile_y``, ``tile_x``, ``method`` and a
-        value per metric column (NaN where undefined).
+    tiles
+        One :class:`TileResult` per (image, tile, method).
     fractions
         (S + 1,) share of pixels changed along the curves.
     curves
@@ -135,13 +204,18 @@ class Comparison:
     """
 
     methods: tuple[str, ...]
-    rows: list[dict] = field(default_factory=list)
+    tiles: list[TileResult] = field(default_factory=list)
     fractions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
-    def summary(self, images: set[str] | None = None) -> list[dict]:
+    def selected(self, method: str, images: Collection[str] | None = None) -> list[TileResult]:
+        """Return the tiles of ``method`` (of the image paths ``images`` if given), in order."""
+        return [t for t in self.tiles
+                if t.method == method and (images is None or t.image in images)]
+
+    def summary(self, images: Collection[str] | None = None) -> list[MethodSummary]:
         """Per method: tile count and the mean of every column over tiles (NaNs skipped).
 
         ``images``: only the tiles of these image paths (default: all); methods with no tile
@@ -150,17 +224,28 @@ class Comparison:
         columns = [m.name for m in METRICS] + list(EXTRA_COLUMNS)
         table = []
         for method in self.methods:
-            rows = [r for r in self.rows if r["method"] == method
-                    and (images is None or r["image"] in images)]
-            if not rows:
+            chosen = self.selected(method, images)
+            if not chosen:
                 continue
-            entry: dict = {"method": method, "tiles": len(rows)}
+            means = {}
             for column in columns:
-                values = np.array([r[column] for r in rows], dtype=np.float64)
+                values = np.array([t.scores[column] for t in chosen], dtype=np.float64)
                 finite = values[np.isfinite(values)]
-                entry[column] = float(finite.mean()) if finite.size else float("nan")
-            table.append(entry)
+                means[column] = float(finite.mean()) if finite.size else float("nan")
+            table.append(MethodSummary(method, len(chosen), means))
         return table
+
+    def rows(self) -> list[dict[str, object]]:
+        """Return the summary as plain rows (one per method)."""
+        return [entry.as_dict() for entry in self.summary()]
+
+    def to_table(self) -> Table:
+        """Return the summary table (:data:`SUMMARY_COLUMNS`)."""
+        return Table.of(self.rows(), SUMMARY_COLUMNS)
+
+    def tile_table(self) -> Table:
+        """One row per (image, tile, method) with every score."""
+        return Table.of([t.as_dict() for t in self.tiles])
 
 
 def _cut(array: np.ndarray, positions: list[tuple[int, int]], tile: int) -> np.ndarray:
@@ -168,18 +253,41 @@ def _cut(array: np.ndarray, positions: list[tuple[int, int]], tile: int) -> np.n
     return np.stack([array[y : y + tile, x : x + tile] for y, x in positions])
 
 
+Measures = Literal["all", "microstructure"]
+"""What :func:`compare_images` measures: everything, or the maps' microstructure metrics only."""
+TILE_COLUMNS = (
+    *(m.name for m in faithfulness.METRICS), *(m.name for m in microstructure.METRICS),
+    "sanity_rho_top", "sanity_rho_all", "sanity_pass", "noise_rho", "seconds_per_tile",
+    "lrp_conservation",
+)
+"""Score columns of a tile, in the order of the tile table."""
+
+
+def _in_order(row: dict[str, float]) -> dict[str, float]:
+    """Return ``row`` with every :data:`TILE_COLUMNS` key, in that order (NaN where missing)."""
+    return {column: row.get(column, float("nan")) for column in TILE_COLUMNS}
+
+
 def _measure_tiles(
     model: CAE, fast: CAE, x: torch.Tensor, method: str, dark: np.ndarray, label: np.ndarray | None,
-    label_kind: str, sanity_check: bool, seed: int, exact_engine: str,
+    label_kind: str, sanity_check: bool, seed: int, exact_engine: str, measures: Measures,
 ) -> tuple[torch.Tensor, list[dict], dict[str, np.ndarray]]:
     """Map (T, 1, H, W) tiles with one method and measure everything per tile.
 
     ``fast`` is a channels-last copy of ``model`` for the many forward passes of the curves.
+    With ``measures="microstructure"`` only the map and its microstructure metrics are made
+    (every other column NaN, no curves).
     """
     map_fn = map_function(method, seed, exact_engine)
     started = time.perf_counter()
     maps = map_fn(model.encoder, x).detach().to(torch.float64).cpu()
     seconds = (time.perf_counter() - started) / x.shape[0]
+    nan = np.full(x.shape[0], np.nan)
+    rows = [microstructure.microstructure_scores(
+        maps[n].numpy(), dark[n], None if label is None else label[n], label_kind)
+        for n in range(x.shape[0])]
+    if measures == "microstructure":
+        return maps, [_in_order({**row, "seconds_per_tile": seconds}) for row in rows], {}
     magnitude = maps.abs().to(x.dtype)
     curves, areas = {}, {}
     for mode in ("deletion", "insertion"):
@@ -193,21 +301,20 @@ def _measure_tiles(
     rho = (sanity.randomisation_test(map_fn, model.encoder, x, seed).rho if sanity_check
            else np.full((x.shape[0], 1), np.nan))
     steady = stability.noise_stability(map_fn, model.encoder, x, maps, seed=seed)
-    check = METHODS[method].conservation if method in METHODS else None
-    conservation = (check(model.encoder, x, maps.to(x.dtype)).numpy() if check is not None
-                    else np.full(x.shape[0], np.nan))
-    rows = []
-    for n in range(x.shape[0]):
-        row = {name: float(area[n]) for name, area in areas.items()}
-        row.update(microstructure.microstructure_scores(
-            maps[n].numpy(), dark[n], None if label is None else label[n], label_kind))
+    conservation = (lrp_conservation(model.encoder, x, maps.to(x.dtype)).numpy()
+                    if method.startswith("lrp-") else nan)
+    for n, row in enumerate(rows):
+        row.update({name: float(area[n]) for name, area in areas.items()})
         row.update(sanity_rho_top=float(rho[n, 0]), sanity_rho_all=float(rho[n, -1]),
                    sanity_pass=float(rho[n, -1] < sanity.SANITY_THRESHOLD)
                    if sanity_check else float("nan"),
                    noise_rho=float(steady[n]), seconds_per_tile=seconds,
                    lrp_conservation=float(conservation[n]))
-        rows.append(row)
-    return maps, rows, curves
+    return maps, [_in_order(row) for row in rows], curves
+
+
+CHUNK = 8
+"""Tiles of one image mapped together."""
 
 
 def compare_images(
@@ -215,11 +322,12 @@ def compare_images(
     images: Sequence[str | Path],
     methods: Sequence[str] | None = None,
     tile: int = 256,
-    tiles_per_image: int = 1,
+    tiles_per_image: int | None = 1,
     sanity_check: bool = True,
     seed: int = 0,
     exact_engine: str = EXACT_ENGINES[0],
     progress: bool = False,
+    measures: Measures = "all",
 ) -> Comparison:
     """Map and measure every method on tiles of every image.
 
@@ -236,7 +344,8 @@ def compare_images(
     tile
         Tile side in pixels (a multiple of the model's downsampling factor).
     tiles_per_image
-        Tiles taken per image, evenly spread over its grid.
+        Tiles taken per image, evenly spread over its grid; None: every tile of the grid
+        (that a label mask covers, where there is one).
     sanity_check
         Run the model-randomisation test (one map per randomised layer: the costliest part).
     seed
@@ -245,6 +354,9 @@ def compare_images(
         Engine of :data:`EXACT_ENGINES` that computes the ``"complex-step"`` row.
     progress
         Show a progress bar over images.
+    measures
+        ``"all"``, or ``"microstructure"``: only the maps and their microstructure metrics
+        (no curves, sanity or noise check: columns NaN), e.g. for every tile of many images.
 
     Returns
     -------
@@ -263,11 +375,9 @@ def compare_images(
                             f"{sorted(METHODS) + list(CONTROLS)}")
     if exact_engine not in EXACT_ENGINES or exact_engine not in METHODS:
         raise MicrocaeError(f"exact engine must be one of {list(EXACT_ENGINES)} (registered)")
-    if tile <= 0 or tile % model.downsample or tiles_per_image < 1:
+    if tile <= 0 or tile % model.downsample or (tiles_per_image or 1) < 1:
         raise MicrocaeError(f"tile must be a positive multiple of {model.downsample} and "
                             "tiles per image at least 1")
-    dtype = next(model.parameters()).dtype
-    fast = to_channels_last(copy.deepcopy(model))
     comparison = Comparison(methods, fractions=np.arange(faithfulness.STEPS + 1)
                             / faithfulness.STEPS)
     comparison.curves = {m: {} for m in methods}
@@ -276,71 +386,51 @@ def compare_images(
                            "blur_sigma": faithfulness.BLUR_SIGMA,
                            "scores": "|relevance|", "lrp_seed": "the latent f(x) itself",
                            "gbp_gradient_ig_output": "L2 norm of the latent"}
+    if measures != "all":
+        comparison.settings["measures"] = measures
+    fast = to_channels_last(copy.deepcopy(model))
     for path in tqdm(list(images), desc="compare", unit="image", disable=not progress):
-        micrograph = read_micrograph(path)
-        dark_full, _ = microstructure.otsu_dark(micrograph.pixels)
-        mask = microstructure.find_label_mask(path, micrograph.shape)
-        grid = TileGrid(micrograph.shape, tile=tile, stride=tile, remainder="drop")
-        positions = chosen_positions(grid, tiles_per_image,
-                                     None if mask is None else mask.labels)
-        if not positions:
-            raise MicrocaeError(f"{path}: no {tile}×{tile} tile fits inside the image"
-                                + ("" if mask is None else " and its label mask"))
-        tiles = _cut(micrograph.pixels, positions, tile)
+        _compare_image(comparison, model, fast, path, tile, tiles_per_image,
+                       (sanity_check, seed, exact_engine, measures))
+    return comparison
+
+
+def _compare_image(comparison: Comparison, model: CAE, fast: CAE, path: str | Path, tile: int,
+                   tiles_per_image: int | None, options: tuple[bool, int, str, Measures]
+                   ) -> None:
+    """Measure every method of ``comparison`` on the chosen tiles of one image; add the results."""
+    micrograph = read_micrograph(path)
+    dark_full, _ = microstructure.otsu_dark(micrograph.pixels)
+    mask = find_label_mask(path, micrograph.shape)
+    grid = TileGrid(micrograph.shape, tile=tile, stride=tile, remainder="drop")
+    positions = chosen_positions(grid, tiles_per_image or len(grid.positions),
+                                 None if mask is None else mask.labels)
+    if not positions:
+        raise MicrocaeError(f"{path}: no {tile}×{tile} tile fits inside the image"
+                            + ("" if mask is None else " and its label mask"))
+    dtype = next(model.parameters()).dtype
+    panel: dict[str, np.ndarray] = {}
+    for start in range(0, len(positions), CHUNK):
+        chunk = positions[start:start + CHUNK]
+        tiles = _cut(micrograph.pixels, chunk, tile)
         x = torch.from_numpy(tiles).to(dtype)[:, None]
-        dark = _cut(dark_full, positions, tile)
-        label = None if mask is None else _cut(mask.labels, positions, tile)
-        panel: dict[str, np.ndarray] = {}
-        for method in methods:
+        dark = _cut(dark_full, chunk, tile)
+        label = None if mask is None else _cut(mask.labels, chunk, tile)
+        for method in comparison.methods:
             maps, rows, curves = _measure_tiles(
                 model, fast, x, method, dark, label, "phase" if mask is None else mask.kind,
-                sanity_check, seed, exact_engine)
-            for (y, x0), row in zip(positions, rows, strict=True):
-                comparison.rows.append({"image": str(path), "tile_y": y, "tile_x": x0,
-                                        "method": method, **row})
+                *options)
+            comparison.tiles += [TileResult(str(path), y, x0, method, row)
+                                 for (y, x0), row in zip(chunk, rows, strict=True)]
             for key, value in curves.items():
                 earlier = comparison.curves[method].get(key)
                 comparison.curves[method][key] = (
                     value if earlier is None else np.concatenate([earlier, value]))
-            panel[method] = maps[0].numpy()
-        name = Path(path).stem
-        if any(name == taken for taken, _, _ in comparison.panels):
-            name = f"{Path(path).parent.name}_{name}"
-        comparison.panels.append((name, tiles[0], panel))
-    return comparison
-
-
-def _format(value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
-
-
-def markdown_table(summary: list[dict]) -> str:
-    """Render :meth:`Comparison.summary` as a Markdown table, arrows marking the better side."""
-    metrics = [*METRICS]
-    header = ["method", "tiles"] + [
-        f"{m.name} {'↑' if m.better == 'higher' else '↓'}" for m in metrics
-    ] + list(EXTRA_COLUMNS)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for entry in summary:
-        cells = [entry["method"], str(entry["tiles"])]
-        cells += [_format(entry[m.name]) for m in metrics]
-        cells += [_format(entry[c]) for c in EXTRA_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    return value
+            panel.setdefault(method, maps[0].numpy())
+    name = Path(path).stem
+    if any(name == taken for taken, _, _ in comparison.panels):
+        name = f"{Path(path).parent.name}_{name}"
+    comparison.panels.append((name, _cut(micrograph.pixels, positions[:1], tile)[0], panel))
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
@@ -363,7 +453,6 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         ``<stem>.comparison.png`` per image (key ``figure:<stem>``).
     """
     out_dir = Path(out_dir)
-    summary = comparison.summary()
     written = {
         "summary_csv": out_dir / "comparison.csv",
         "tiles_csv": out_dir / "comparison_tiles.csv",
@@ -371,29 +460,28 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         "json": out_dir / "comparison.json",
         "curves": out_dir / "curves.png",
     }
-    write_text_atomic(written["summary_csv"], csv_text(summary))
-    write_text_atomic(written["tiles_csv"], csv_text(comparison.rows))
+    summary, tiles = comparison.to_table(), comparison.tile_table()
+    write_text_atomic(written["summary_csv"], summary.csv())
+    write_text_atomic(written["tiles_csv"], tiles.csv())
     legend = "\n".join(f"- `{m.name}` ({m.better} is better): {m.description}. {m.reference}."
                        for m in METRICS)
     extras = "\n".join(f"- `{name}`: {text}." for name, text in EXTRA_COLUMNS.items())
     write_text_atomic(written["markdown"],
-                      markdown_table(summary) + "\n" + legend + "\n" + extras + "\n")
+                      summary.markdown() + "\n" + legend + "\n" + extras + "\n")
     report = {
         "settings": comparison.settings,
         "metrics": [vars(m) for m in METRICS],
         "extra_columns": EXTRA_COLUMNS,
-        "summary": summary,
-        "rows": comparison.rows,
+        "summary": list(summary.rows),
+        "rows": list(tiles.rows),
         "fractions": comparison.fractions,
         "mean_curves": {method: {k: v.mean(axis=0) for k, v in curves.items()}
                         for method, curves in comparison.curves.items()},
     }
-    write_text_atomic(written["json"], json.dumps(_json_safe(report), indent=1) + "\n")
-    titled = {title(m): curves for m, curves in comparison.curves.items()}
-    save_figure(curves_figure(comparison.fractions, titled, {title(m) for m in CONTROLS}),
-                written["curves"])
+    write_text_atomic(written["json"], json_text(report))
+    save_figure(curves_figure(comparison.fractions, comparison.curves), written["curves"])
     for name, tile, maps in comparison.panels:
-        shown = {title(m): maps[m] for m in FIGURE_METHODS if m in maps}
+        shown = {m: maps[m] for m in FIGURE_METHODS if m in maps}
         path = out_dir / f"{name}.comparison.png"
         save_figure(comparison_figure(tile, shown, title=name), path)
         written[f"figure:{name}"] = path

@@ -15,10 +15,8 @@ PSNR in dB and SSIM (Wang et al. 2004): higher is better).
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,14 +24,11 @@ from tqdm import tqdm
 
 from microcae.codec import decode_bytes, encode_image
 from microcae.codec.quantise import LATENT_DTYPES
-from microcae.data.dataset import load_dataset
-from microcae.data.images import to_uint8, uint8_tile
-from microcae.figures.rate_distortion import plot_rate_distortion
+from microcae.data.images import uint8_tile
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.rdcae import RDCAE
-from microcae.util.atomic import write_text_atomic
-from microcae.util.errors import MicrocaeError
+from microcae.util.table_writer import Column, Table
 
 
 @dataclass(frozen=True)
@@ -186,7 +181,7 @@ def rate_distortion(
     model
         The autoencoder; each tile is encoded as its own latent file (header included).
     tiles
-        (N, S, S) uint8 tiles, S a multiple of ``model.downsample``.
+        (N, S, S) uint8 tiles, S a multiple of ``model.config.downsample``.
     codecs
         Keys of :data:`CLASSICAL_CODECS`.
     dtypes
@@ -257,7 +252,7 @@ def rate_distortion(
             for d, z, k in matched
         ],
         "rd": [{"model": name, "fingerprint": rd_model.fingerprint(),
-                "channels": list(rd_model.config.cae.channels), **_mean(rd_rows[name])}
+                "channels": list(rd_model.config.channels), **_mean(rd_rows[name])}
                for name, rd_model in rd_models],
         "rd_matched": [{"model": n, "codec": k, "over_budget_tiles": rd_over[(n, k)],
                         **_mean(rd_matched[(n, k)])} for n, k in rd_matched],
@@ -270,99 +265,39 @@ def rate_distortion(
     }
 
 
+RD_COLUMNS = (Column("storage", "CAE storage"), Column("codec"), Column("bpp", spec=".4f"),
+              Column("ratio", "ratio vs 8 bpp", ".1f"), Column("psnr_db", "PSNR (dB)", ".2f"),
+              Column("ssim", "SSIM", ".4f"), Column("mse", "MSE", ".5f"))
+"""Columns of the rate–distortion table."""
+
+
 def markdown_table(report: dict) -> str:
     """Render a :func:`rate_distortion` report as a Markdown table (one block per CAE rate)."""
-    lines = [
+    caption = (
         f"Rate–distortion on {report['tiles']} tiles of "
         f"{report['tile_shape'][0]}×{report['tile_shape'][1]} px (source 8 bpp; lossless PNG "
         f"{report['png_bpp']:.3f} bpp). Means over tiles; bpp from real file sizes, headers "
         "included; classical codecs at the highest quality whose file is no larger than the "
-        "CAE file of the same tile.",
-        "",
-        "| CAE storage | codec | bpp | ratio vs 8 bpp | PSNR (dB) | SSIM | MSE |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        "CAE file of the same tile."
+    )
 
-    def row(storage: str, codec: str, entry: dict) -> str:
-        return (f"| {storage} | {codec} | {entry['bpp']:.4f} | {8.0 / entry['bpp']:.1f} | "
-                f"{entry['psnr_db']:.2f} | {entry['ssim']:.4f} | {entry['mse']:.5f} |")
+    def row(storage: str, codec: str, entry: dict) -> dict:
+        return {"storage": storage, "codec": codec, "ratio": 8.0 / entry["bpp"],
+                **{k: entry[k] for k in ("bpp", "psnr_db", "ssim", "mse")}}
 
-    def codec_row(storage: str, entry: dict) -> str:
+    def codec_row(storage: str, entry: dict) -> dict:
         over = entry["over_budget_tiles"]
         return row(storage, entry["codec"] + (f" ({over} tiles over)" if over else ""), entry)
 
+    rows = []
     for cae in report["cae"]:
         storage = f"{cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}"
-        lines.append(row(storage, "**CAE**", cae))
-        lines += [codec_row(storage, entry) for entry in report["matched"]
-                  if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"])]
+        rows.append(row(storage, "**CAE**", cae))
+        rows += [codec_row(storage, entry) for entry in report["matched"]
+                 if (entry["latent_dtype"], entry["zstd"]) == (cae["latent_dtype"], cae["zstd"])]
     for rd in report.get("rd", []):
         storage = f"RD model {rd['model']} (entropy)"
-        lines.append(row(storage, "**RD CAE**", rd))
-        lines += [codec_row(storage, entry) for entry in report["rd_matched"]
-                  if entry["model"] == rd["model"]]
-    return "\n".join(lines) + "\n"
-
-
-def rate_distortion_on_set(
-    model: CAE,
-    data: str | Path,
-    split: str = "test",
-    max_tiles: int | None = None,
-    codecs: Sequence[str] = tuple(CLASSICAL_CODECS),
-    rd_models: Sequence[tuple[str, RDCAE]] = (),
-    progress: bool = True,
-) -> dict[str, object]:
-    """:func:`rate_distortion` on the tiles of one split of a prepared set.
-
-    Parameters
-    ----------
-    model, codecs, rd_models, progress
-        As for :func:`rate_distortion`.
-    data
-        Folder written by :func:`microcae.data.dataset.prepare_dataset`.
-    split
-        ``"test"`` or ``"train"``.
-    max_tiles
-        Use at most this many tiles, evenly spaced over the split (None: all).
-
-    Returns
-    -------
-    dict
-        The :func:`rate_distortion` report plus ``data``: the set's path, its manifest's
-        SHA-256, the split and the tile indices measured.
-
-    Raises
-    ------
-    MicrocaeError
-        If ``data`` is not a prepared set or the split has no tiles.
-    """
-    prepared = load_dataset(data)
-    indices = prepared.indices(split)
-    if len(indices) == 0:
-        raise MicrocaeError(f"{data}: the {split} split has no tiles")
-    if max_tiles is not None and max_tiles < len(indices):
-        indices = indices[np.unique(np.linspace(0, len(indices) - 1, max_tiles).round()
-                                    .astype(int))]
-    tiles = to_uint8(np.asarray(prepared.tiles[indices]))
-    report = rate_distortion(model, tiles, codecs, progress=progress, rd_models=rd_models)
-    report["data"] = {"path": str(data), "manifest_sha256": prepared.manifest_sha256,
-                      "split": split, "tile_indices": [int(i) for i in indices]}
-    return report
-
-
-def write_rate_distortion(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write a :func:`rate_distortion` report as ``rd.json``, ``rd.md`` and ``rd.png``.
-
-    Returns
-    -------
-    dict of str to Path
-        ``json`` (every number), ``markdown`` (:func:`markdown_table`) and ``figure``
-        (:func:`microcae.figures.rate_distortion.plot_rate_distortion`); each written atomically.
-    """
-    out_dir = Path(out_dir)
-    written = {"json": out_dir / "rd.json", "markdown": out_dir / "rd.md"}
-    write_text_atomic(written["json"], json.dumps(report, indent=1) + "\n")
-    write_text_atomic(written["markdown"], markdown_table(report))
-    written["figure"] = plot_rate_distortion(report, out_dir / "rd.png")
-    return written
+        rows.append(row(storage, "**RD CAE**", rd))
+        rows += [codec_row(storage, entry) for entry in report["rd_matched"]
+                 if entry["model"] == rd["model"]]
+    return caption + "\n\n" + Table.of(rows, RD_COLUMNS).markdown()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.ndimage import gaussian_filter
 
-from microcae.figures.saliency import CLIP_PERCENTILES, clip_note, robust_limits
 from microcae.figures.style import new_figure
 
 SMOOTHING_SIGMA = 1.0
@@ -16,11 +15,20 @@ SMOOTHING_SIGMA = 1.0
 COLOUR_MAP = "bwr"
 """Blue-white-red: red = high relevance."""
 
+_TITLES = {
+    "complex-step": "complex-step",
+    "gbp": "GBP",
+    "lrp-w2": "LRP-w²",
+    "lrp-zbeta": "LRP-β",
+    "gradient": "gradient",
+    "integrated-gradients": "integrated gradients",
+    "sobel-edges": "Sobel edges (control)",
+    "random": "random (control)",
+}
+
 
 def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
-    """Colour range of one map: robust percentiles, symmetric about 0 if it has both signs.
-
-    See :func:`microcae.figures.saliency.robust_limits` (0.5–99.5 %: outliers saturate).
+    """Colour range of one map: its own min..max, or symmetric about 0 if it has both signs.
 
     Parameters
     ----------
@@ -30,9 +38,13 @@ def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
     Returns
     -------
     tuple[float, float]
-        ``(vmin, vmax)``.
+        ``(vmin, vmax)``; for signed maps ``(-m, m)`` with ``m = max |map|``, so white is 0.
     """
-    return robust_limits(smoothed, CLIP_PERCENTILES)
+    low, high = float(np.min(smoothed)), float(np.max(smoothed))
+    if low < 0 < high:
+        bound = max(-low, high)
+        return -bound, bound
+    return low, high if high > low else low + 1.0
 
 
 def comparison_figure(
@@ -45,8 +57,8 @@ def comparison_figure(
     tile
         (H, W) input intensities in [0, 1].
     maps
-        Panel title (the method's) -> (H, W) raw relevance, drawn in the given order (the
-        study's order: complex-step, GBP, LRP-w², LRP-β) after Gaussian smoothing with σ = 1 px.
+        Method name -> (H, W) raw relevance, drawn in the given order (the study's order:
+        complex-step, GBP, LRP-w², LRP-β) after Gaussian smoothing with σ = 1 px.
     title
         Optional figure title (e.g. the image name).
 
@@ -74,7 +86,7 @@ def comparison_grid(
     ----------
     rows
         ``(label, tile, maps)`` per row: a label written beside the input (may be empty), the
-        (H, W) tile in [0, 1] and panel title -> (H, W) raw relevance, as in
+        (H, W) tile in [0, 1] and method name -> (H, W) raw relevance, as in
         :func:`comparison_figure`. Every row must have the same methods.
 
     Returns
@@ -95,10 +107,9 @@ def comparison_grid(
             smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
             vmin, vmax = colour_limits(smoothed)
             image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
-            axis.set_title(name)
+            axis.set_title(_TITLES.get(name, name))
             bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05,
-                                  pad=0.04, extend="both")
-            bar.set_label(clip_note(CLIP_PERCENTILES), fontsize=6)
+                                  pad=0.04)
             bar.ax.tick_params(labelsize=6)
             bar.ax.locator_params(nbins=4)
         for axis in row_axes:
@@ -107,8 +118,7 @@ def comparison_grid(
     return figure
 
 
-def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]],
-                  dotted: Collection[str] = ()) -> Figure:
+def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """Mean deletion and insertion curves of every method, latent change and reconstruction MSE.
 
     Parameters
@@ -116,11 +126,9 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
     fractions
         (S + 1,) share of pixels changed.
     curves
-        Legend label (the method's title) -> ``{"deletion_latent", "insertion_latent",
-        "deletion_mse", "insertion_mse"}`` -> (T, S + 1) curves over T tiles; the mean over
-        tiles is drawn.
-    dotted
-        Labels drawn dotted (the controls).
+        Method -> ``{"deletion_latent", "insertion_latent", "deletion_mse", "insertion_mse"}`` ->
+        (T, S + 1) curves over T tiles; the mean over tiles is drawn (methods without curves
+        are left out).
 
     Returns
     -------
@@ -142,8 +150,11 @@ def curves_figure(fractions: np.ndarray, curves: Mapping[str, Mapping[str, np.nd
     )
     for axis, (key, title, label) in zip(axes.ravel(), panels, strict=True):
         for method, per_method in curves.items():
-            style = ":" if method in dotted else "-"
-            axis.plot(fractions, np.mean(per_method[key], axis=0), style, label=method)
+            if key not in per_method:  # measured without curves
+                continue
+            style = ":" if method in ("random", "sobel-edges") else "-"
+            axis.plot(fractions, np.mean(per_method[key], axis=0), style,
+                      label=_TITLES.get(method, method))
         axis.set_title(title, fontsize=9)
         axis.set_ylabel(label, fontsize=8)
         axis.grid(alpha=0.3)

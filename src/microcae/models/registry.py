@@ -38,6 +38,9 @@ BUNDLED: dict[str, Path] = {
     "study": ASSETS / "cae_default.safetensors",
     "rd-study": ASSETS / "rd_study.safetensors",
     "rd-wide": ASSETS / "rd_wide.safetensors",
+    "codec-1": ASSETS / "codec_1.safetensors",
+    "codec-2": ASSETS / "codec_2.safetensors",
+    "codec-3": ASSETS / "codec_3.safetensors",
 }
 """Models shipped with the package, by the name ``--model`` accepts (see the README for how
 each was trained; each file's provenance metadata says so too)."""

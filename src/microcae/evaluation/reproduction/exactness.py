@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -52,7 +53,36 @@ def autograd_columns(encoder: nn.Module, x: torch.Tensor, pixels: int) -> torch.
         return torch.func.vmap(column, chunk_size=AUTOGRAD_CHUNK)(tangents)
 
 
-def exactness_check(encoder: nn.Module, tiles: np.ndarray, pixels: int) -> dict:
+@dataclass(frozen=True)
+class ExactnessCheck:
+    """The literal complex step and the fast engine against torch's forward-mode autodiff.
+
+    Attributes
+    ----------
+    tiles, pixels_per_tile
+        Tiles compared and pixels per tile (the first ones in row-major order).
+    precision
+        ``"float64"``.
+    max_rel_diff_literal_vs_autograd, max_rel_diff_vjp_vs_autograd
+        Largest absolute difference over the tile's largest relevance (autograd's).
+    kink_pixels
+        Compared pixels that feed a ReLU or max-pool sitting exactly on a tie, where every
+        method takes torch's one-sided derivative.
+    """
+
+    tiles: int
+    pixels_per_tile: int
+    precision: str
+    max_rel_diff_literal_vs_autograd: float
+    max_rel_diff_vjp_vs_autograd: float
+    kink_pixels: int
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready copy."""
+        return asdict(self)
+
+
+def exactness_check(encoder: nn.Module, tiles: np.ndarray, pixels: int) -> ExactnessCheck:
     """Compare the literal complex step with autograd and the fast engine on real tiles.
 
     Parameters
@@ -66,11 +96,8 @@ def exactness_check(encoder: nn.Module, tiles: np.ndarray, pixels: int) -> dict:
 
     Returns
     -------
-    dict
-        ``tiles``, ``pixels_per_tile``, ``max_rel_diff_literal_vs_autograd``,
-        ``max_rel_diff_vjp_vs_autograd`` (differences over the largest relevance of the tile),
-        ``kink_pixels`` (compared pixels that feed a ReLU or max-pool sitting exactly on a tie,
-        where every method takes torch's one-sided derivative) and ``precision``.
+    ExactnessCheck
+        The largest differences over the compared pixels, and the ties among them.
     """
     encoder = copy.deepcopy(encoder).double().eval()
     literal_diff, fast_diff, kinks = 0.0, 0.0, 0
@@ -83,6 +110,4 @@ def exactness_check(encoder: nn.Module, tiles: np.ndarray, pixels: int) -> dict:
         literal_diff = max(literal_diff, float((literal - reference).abs().max()) / scale)
         fast_diff = max(fast_diff, float((fast - reference).abs().max()) / scale)
         kinks += int(kink_pixels(encoder, x)[0].flatten()[:pixels].sum())
-    return {"tiles": int(len(tiles)), "pixels_per_tile": int(pixels), "precision": "float64",
-            "max_rel_diff_literal_vs_autograd": literal_diff,
-            "max_rel_diff_vjp_vs_autograd": fast_diff, "kink_pixels": kinks}
+    return ExactnessCheck(int(len(tiles)), int(pixels), "float64", literal_diff, fast_diff, kinks)

@@ -1,52 +1,65 @@
-"""Re-run every number of the reproduction report from a model and a folder of micrographs.
+"""Re-run every number of the reproduction report from models and folders of micrographs.
 
 :func:`measure` prepares the micrographs (non-overlapping 256×256 tiles, split by source image),
-then measures each claim of the study with the package's own tools: parameter count and latent
-shape, latent file sizes, train/test MSE, the literal complex step against autograd, the
-measured comparison with GBP and LRP, and the decoder attack. :func:`write_report` renders
-the numbers and figures; nothing is written until every measurement has succeeded.
+then measures each claim of the study with the package's own tools (the stages of
+:mod:`microcae.evaluation.reproduction.stages`): parameter count and latent shape, latent file
+sizes, train/test MSE, the literal complex step against autograd, the measured comparison with
+GBP and LRP on central tiles and on every tile of the study-like micrographs, microstructure
+fidelity against classical codecs at the same bytes, and the decoder attack. With study-like
+models (``steel_models``, see :mod:`microcae.evaluation.reproduction.steel`) the study's claims
+are judged on them, each micrograph mapped by the model that held it out. :func:`write_report`
+renders the numbers and figures; nothing is written until every measurement has succeeded.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from microcae import __version__
-from microcae.codec import encode_image
 from microcae.data.dataset import PreparedSet, input_root, prepare_dataset
-from microcae.data.images import round_to_8bit, to_uint8, uint8_tile
-from microcae.evaluation.attack import NO_LEAK_SCENARIOS, decoder_attack, run_batched
-from microcae.evaluation.comparison import FIGURE_METHODS, Comparison, compare_images
-from microcae.evaluation.rate_distortion import cae_configurations
-from microcae.evaluation.reproduction import claims
-from microcae.evaluation.reproduction.document import render
-from microcae.evaluation.reproduction.exactness import exactness_check
+from microcae.data.images import round_to_8bit
+from microcae.evaluation._batching import run_batched
+from microcae.evaluation.attack import AttackResult, decoder_attack
+from microcae.evaluation.comparison import FIGURE_METHODS, compare_images
+from microcae.evaluation.fidelity import FidelityResult
+from microcae.evaluation.reproduction import claims, stages
+from microcae.evaluation.reproduction.document import read_readme, render, update_readme
+from microcae.evaluation.reproduction.exactness import ExactnessCheck, exactness_check
+from microcae.evaluation.reproduction.results import (
+    MethodStats,
+    MseEstimate,
+    ReconstructionSummary,
+    SaliencyEstimates,
+    StorageRow,
+    method_stats,
+    saliency_estimates,
+)
+from microcae.evaluation.reproduction.stages import Assignment, StoredAttack
+from microcae.evaluation.reproduction.steel import SteelModels, load_steel_models
 from microcae.figures.comparison import comparison_grid
 from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.registry import BUNDLED_MODEL, load_model
-from microcae.saliency.registry import title
-from microcae.training.objectives import evaluate_mse
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
+from microcae.util.table_writer import json_text
 
 REPORT_NAME = "REPRODUCTION.md"
 ASSET_DIR = "reproduction"
 """Sub-folder of the output for the figures and the JSON of every number."""
 COMPARED_METHODS = (*FIGURE_METHODS, "random")
-SUMMARY_COLUMNS = ("tiles", "dark_auroc", "boundary_auroc", "noise_rho", "sanity_pass",
-                   "deletion_latent_auc", "insertion_latent_auc", "seconds_per_tile")
 FIG10_COLUMNS = 4
 
 
@@ -61,16 +74,20 @@ class ReportSettings:
     compare_tile
         Tile side of the saliency comparison, pixels.
     max_compare_images
-        Images in the comparison (None: every image of the study-like groups and every test
-        image of the others).
+        Images in the central-tile comparison (None: every image of the study-like groups and
+        every test image of the others).
     sanity_check
-        Run the model-randomisation check in the comparison.
+        Run the model-randomisation check in the central-tile comparison.
     exact_tiles, exact_pixels
         Test tiles and pixels per tile of the literal complex step.
     code_tiles
         Test tiles encoded to latent files (None: all).
+    tiles_per_micrograph
+        Tiles per study-like micrograph mapped for the saliency claim and coded for the
+        fidelity claim (None: every tile).
     attack_steps, attack_eval_tiles, attack_leaks
-        Settings of :func:`microcae.evaluation.attack.decoder_attack`.
+        Settings of this run's :func:`microcae.evaluation.attack.decoder_attack` (a short
+        budget; the owner-budget run is read from a stored file).
     figure_rows
         Rows of the Fig. 11 equivalent.
     """
@@ -82,86 +99,187 @@ class ReportSettings:
     exact_tiles: int = 2
     exact_pixels: int = 128
     code_tiles: int | None = None
-    attack_steps: int = 200
+    tiles_per_micrograph: int | None = None
+    attack_steps: int = 100
     attack_eval_tiles: int = 24
-    attack_leaks: tuple[int, ...] = (1, 4)
+    attack_leaks: tuple[int, ...] = (1, 4, 16)
     figure_rows: int = 3
 
 
 FULL = ReportSettings("full")
 QUICK = ReportSettings("quick", compare_tile=64, max_compare_images=2, sanity_check=False,
-                       exact_tiles=1, exact_pixels=8, code_tiles=2, attack_steps=2,
-                       attack_eval_tiles=2, attack_leaks=(1,), figure_rows=2)
+                       exact_tiles=1, exact_pixels=8, code_tiles=2, tiles_per_micrograph=2,
+                       attack_steps=2, attack_eval_tiles=2, attack_leaks=(1,), figure_rows=2)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The prepared micrographs of a report run.
+
+    Attributes
+    ----------
+    manifest_sha256
+        Identifies the prepared set.
+    images, groups
+        Number of micrographs and their groups (sub-folders).
+    train_tiles, test_tiles, tile
+        Tiles per split (split by source image) and the tile side (px).
+    """
+
+    manifest_sha256: str
+    images: int
+    groups: list[str]
+    train_tiles: int
+    test_tiles: int
+    tile: int
+
+
+@dataclass(frozen=True)
+class SaliencyScope:
+    """The saliency comparison of a report run, summarised for the claims.
+
+    Attributes
+    ----------
+    images
+        Compared micrographs (paths).
+    tile
+        Tile side (px).
+    all
+        Method -> stats over every compared tile.
+    study_like
+        Method -> stats over the tiles of the study-like groups (empty if none were named).
+    """
+
+    images: list[str]
+    tile: int
+    all: dict[str, MethodStats]
+    study_like: dict[str, MethodStats]
+
+
+@dataclass(frozen=True)
+class SteelSummary:
+    """Where the study-like models came from.
+
+    Attributes
+    ----------
+    folder
+        Their folder.
+    runs
+        Per run: name, split, held-out micrographs, epochs, training seconds, threads and note.
+    standard_fingerprint
+        Decoder fingerprint of the run holding out the standard split's test image (the
+        bundled ``cae_steel``).
+    """
+
+    folder: str
+    runs: list[dict[str, Any]]
+    standard_fingerprint: str
 
 
 @dataclass
-class Measured:
-    """Every number of a report run and the figures drawn from them."""
+class Reproduction:
+    """Every measurement of a report run, the claims judged from them and the two figures.
 
-    numbers: dict
-    fig10: Figure
-    fig11: Figure
+    Attributes
+    ----------
+    settings
+        How much work was done.
+    environment
+        ``microcae`` and ``torch`` versions, ``threads`` and the machine's ``load`` (1-minute
+        load average at the start).
+    model
+        ``path`` (as given, or the bundled file) and decoder ``fingerprint`` of the general model.
+    data
+        The prepared micrographs.
+    study_like_groups
+        Groups judged as the study's kind of material (all groups if none were named).
+    steel
+        The study-like models, if given.
+    claims
+        The claims table, in order.
+    reconstruction, mse, storage, exactness
+        The compact-representation measurements.
+    comparison
+        Central tiles of every micrograph, every method (the general model).
+    every_tile
+        Scope label -> method -> estimates on every tile of the study-like micrographs.
+    fidelity
+        Microstructure fidelity at matched bytes (the study-like models, else the general one).
+    attack, stored_attack
+        This run's short attack, and the stored owner-budget run if given.
+    fig10_columns, fig11_rows
+        What the figures show.
+    seconds
+        Wall time per stage and ``total``.
+    generated
+        UTC time of the run.
+    fig10, fig11
+        The figures.
+    """
+
+    settings: ReportSettings
+    environment: dict[str, Any]
+    model: dict[str, str]
+    data: DataSummary
+    study_like_groups: list[str]
+    steel: SteelSummary | None
+    claims: list[claims.Claim]
+    reconstruction: ReconstructionSummary
+    mse: list[MseEstimate]
+    storage: list[StorageRow]
+    exactness: ExactnessCheck
+    comparison: SaliencyScope
+    every_tile: dict[str, dict[str, SaliencyEstimates]]
+    fidelity: FidelityResult
+    attack: AttackResult
+    stored_attack: StoredAttack | None
+    fig10_columns: list[str]
+    fig11_rows: list[str]
+    seconds: dict[str, float]
+    generated: str
+    fig10: Figure = field(repr=False)
+    fig11: Figure = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every number, JSON-ready (the layout of ``report.json``)."""
+        comparison = self.comparison
+        stored = self.stored_attack
+        return {
+            "settings": asdict(self.settings), **self.environment, "model": self.model,
+            "data": asdict(self.data), "study_like_groups": self.study_like_groups,
+            "steel": asdict(self.steel) if self.steel else None,
+            "claims": [c.as_dict() for c in self.claims],
+            "reconstruction": asdict(self.reconstruction),
+            "mse": [m.as_dict() for m in self.mse],
+            "storage": [r.as_dict() for r in self.storage], "exactness": self.exactness.as_dict(),
+            "comparison": {"images": comparison.images, "tile": comparison.tile,
+                           "all": {m: s.as_dict() for m, s in comparison.all.items()},
+                           "study_like": {m: s.as_dict() for m, s in
+                                          comparison.study_like.items()}},
+            "every_tile": {scope: {m: s.as_dict() for m, s in per.items()}
+                           for scope, per in self.every_tile.items()},
+            "fidelity": self.fidelity.to_json(),
+            "attack": self.attack.to_json(),
+            "stored_attack": None if stored is None else {
+                "path": stored.path, "budget": stored.budget, "threads": stored.threads,
+                **stored.result.to_json()},
+            "fig10_columns": self.fig10_columns, "fig11_rows": self.fig11_rows,
+            "seconds": self.seconds, "generated": self.generated,
+        }
 
 
-def _reconstruct(model: CAE, tiles: np.ndarray) -> np.ndarray:
-    """(T, H, W) -> (T, H, W) reconstructions in float32."""
-    return run_batched(torch.nn.Sequential(model.encoder, model.decoder), tiles[:, None])[:, 0]
-
-
-def _reconstruction(model: CAE, data: PreparedSet) -> dict:
-    test = round_to_8bit(data.tiles[data.indices("test")])
-    rebuilt = round_to_8bit(_reconstruct(model, test))
-    rows = [reconstruction_scores(o, r).as_dict() for o, r in zip(test, rebuilt, strict=True)]
-    return {"train_mse": evaluate_mse(model, data.tiles, data.indices("train")),
-            "test_mse": evaluate_mse(model, data.tiles, data.indices("test")),
-            "test_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
-            "test_ssim": float(np.mean([r["ssim"] for r in rows]))}
-
-
-def _storage(model: CAE, tiles: np.ndarray) -> list[dict]:
-    """Mean latent file size per storage configuration over 8-bit tiles (header included)."""
-    rows = []
-    for dtype, compress in cae_configurations():
-        sizes = [len(encode_image(model, uint8_tile(to_uint8(tile)), dtype, compress,
-                                  tile=tile.shape[0])) for tile in tiles]
-        size = float(np.mean(sizes))
-        rows.append({"label": dtype + (" + zstd" if compress else ""), "bytes": size,
-                     "ratio": tiles[0].size / size, "bpp": 8.0 * size / tiles[0].size})
-    return rows
-
-
-def _compared_images(data: PreparedSet, inputs: Sequence[str | Path], study_like: set[str],
+def _compared_images(data: PreparedSet, root: Path, study_like: set[str],
                      limit: int | None) -> tuple[list[Path], set[str]]:
     """Pick every image of the study-like groups, then the others' test images (first ``limit``).
 
     Also return the set of chosen paths that are study-like.
     """
-    root = input_root(list(inputs))
     sources = data.manifest["sources"]
     chosen = [s for s in sources if s["group"] in study_like]
     chosen += [s for s in sources if s["group"] not in study_like and s["split"] == "test"]
     chosen = chosen[:limit] if limit is not None else chosen
     paths = [root / s["file"] for s in chosen]
     return paths, {str(root / s["file"]) for s in chosen if s["group"] in study_like}
-
-
-def _method_summary(comparison: Comparison, images: set[str] | None) -> dict[str, dict]:
-    """Summarise each method for the claims over tiles (of ``images`` if given).
-
-    Means of :data:`SUMMARY_COLUMNS`, plus the shares of tiles whose dark-phase and boundary
-    AUROC exceed 0.5.
-    """
-    summary = {}
-    for entry in comparison.summary(images):
-        method = entry["method"]
-        rows = [r for r in comparison.rows if r["method"] == method
-                and (images is None or r["image"] in images)]
-        summary[method] = {
-            **{key: entry[key] for key in SUMMARY_COLUMNS},
-            "dark_share": float(np.mean([r["dark_auroc"] > 0.5 for r in rows])),
-            "boundary_share": float(np.mean([r["boundary_auroc"] > 0.5 for r in rows])),
-        }
-    return summary
 
 
 def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
@@ -174,7 +292,7 @@ def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
     picked = {group: indices[len(indices) // 2]
               for group, indices in list(by_group.items())[:FIG10_COLUMNS]}
     tiles = round_to_8bit(data.tiles[list(picked.values())])
-    rebuilt = _reconstruct(model, tiles)
+    rebuilt = run_batched(model, tiles[:, None])[:, 0]
     captions = []
     for original, result in zip(tiles, rebuilt, strict=True):
         score = reconstruction_scores(original, round_to_8bit(result))
@@ -184,135 +302,258 @@ def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
     return figure, titles
 
 
+class _Clock:
+    """Wall time per stage."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.tick = self.started
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self.tick, 1)
+        self.tick = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.started, 1)}
+
+
+@dataclass
+class _Scope:
+    """The study-like micrographs of a run and who maps them."""
+
+    data: PreparedSet
+    root: Path
+    assignments: list[Assignment]
+    general: list[Assignment]
+    steel: SteelModels | None
+    label: str
+
+
+def _scope(data: PreparedSet, root: Path, model: CAE, study_like: Sequence[str],
+           steel_folder: str | Path | None, scratch: Path, progress: bool) -> _Scope:
+    """Prepare the study-like micrographs; assign each to the model that held it out."""
+    groups = list(study_like) or sorted({s["group"] for s in data.manifest["sources"]})
+    test_files = {s["file"] for s in data.manifest["sources"] if s["split"] == "test"}
+    general = [Assignment(model, root / s["file"], np.array(
+        [t["index"] for t in data.manifest["tiles"] if t["source"] == s["file"]]))
+        for s in data.manifest["sources"] if s["group"] in groups and s["file"] in test_files]
+    if steel_folder is None:
+        return _Scope(data, root, general, general, None,
+                      "general model, test micrographs of " + ", ".join(groups))
+    inputs = [root / g for g in groups] if study_like else [root]
+    steel_data = prepare_dataset(inputs, scratch / "steel", progress=progress)
+    steel = load_steel_models(steel_folder, steel_data)
+    steel_root = input_root(inputs)
+    sources = stages.tile_sources(steel_data)
+    assignments = [Assignment(steel.fold(s).model, steel_root / s,
+                              np.flatnonzero(sources == s)) for s in dict.fromkeys(sources)]
+    return _Scope(steel_data, steel_root, assignments, general, steel,
+                  "steel CAE, every micrograph held out once")
+
+
+def _steel_summary(steel: SteelModels) -> SteelSummary:
+    runs = [{"name": r.name, "split": r.split, "held_out": list(r.held_out),
+             "epochs": r.provenance.get("epochs_completed"), "seconds": r.seconds,
+             "train_tiles": r.provenance.get("data", {}).get("train_tiles"),
+             "threads": r.provenance.get("threads"), "note": r.provenance.get("note", "")}
+            for r in steel.runs.values()]
+    return SteelSummary(str(steel.folder), runs, steel.standard.model.fingerprint())
+
+
+def _check_inputs(data: PreparedSet, study_like: Sequence[str]) -> None:
+    groups = {s["group"] for s in data.manifest["sources"]}
+    unknown = set(study_like) - groups
+    if unknown:
+        raise MicrocaeError(f"study-like group(s) {sorted(unknown)} not among the inputs' "
+                            f"sub-folders {sorted(groups)}")
+    if len(data.indices("test")) == 0:
+        raise MicrocaeError("the micrographs give no test tiles: add images")
+
+
+def _attacks(model: CAE, data: PreparedSet, scope: _Scope, settings: ReportSettings,
+             stored_path: str | Path | None) -> tuple[AttackResult, StoredAttack | None]:
+    """Run the short attack on the study-like owner (else the general model); read the stored run.
+
+    The stored owner-budget run must attack the same owner on the same data.
+    """
+    owner, owned = ((scope.steel.standard.model, scope.steel.owner_set(scope.data))
+                    if scope.steel else (model, data))
+    stored = (None if stored_path is None
+              else stages.load_stored_attack(stored_path, owner, owned))
+    attack = decoder_attack(owner, owned, settings.attack_eval_tiles, settings.attack_leaks,
+                            settings.attack_steps)
+    return attack, stored
+
+
+def _every_tile(scope: _Scope, settings: ReportSettings, progress: bool
+                ) -> dict[str, dict[str, SaliencyEstimates]]:
+    """Saliency estimates on every tile: the study-like models' scope, then the general model's."""
+    runs = {scope.label: scope.assignments}
+    if scope.steel is not None and scope.general:
+        runs["general model, test micrographs of the same groups"] = scope.general
+    return {label: saliency_estimates(stages.every_tile_saliency(
+        assignments, settings.compare_tile, settings.tiles_per_micrograph, progress))
+        for label, assignments in runs.items()}
+
+
+def _claim_rows(model: CAE, tile_side: int, storage: list[StorageRow], mse: list[MseEstimate],
+                exactness: ExactnessCheck, every: dict[str, dict[str, SaliencyEstimates]],
+                central: dict[str, MethodStats], fidelity: FidelityResult, scope: _Scope,
+                attacks: tuple[AttackResult, StoredAttack | None]) -> list[claims.Claim]:
+    """Judge every claim of the study from this run's measurements (rules: :mod:`.claims`)."""
+    with torch.no_grad():
+        latent = tuple(model.encoder(torch.zeros(1, 1, tile_side, tile_side)).shape[1:])
+    attack, stored = attacks
+    budget = (f"owner's budget, {stored.result.steps} steps per stage (stored run "
+              f"{Path(stored.path).name})" if stored else f"{attack.steps} steps per stage")
+    return [
+        claims.parameters_claim(sum(p.numel() for p in model.parameters())),
+        claims.latent_claim(latent, tile_side * tile_side),
+        claims.bytes_claim(storage),
+        claims.mse_claim(mse[0], mse[1:]),
+        claims.exactness_claim(exactness),
+        claims.microstructure_claim(every[scope.label]["complex-step"], scope.label),
+        claims.consistency_claim(central),
+        claims.fidelity_claim(fidelity, scope.label),
+        claims.key_claim(stored.result if stored else attack, budget,
+                         attack if stored else None),
+    ]
+
+
 def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
             settings: ReportSettings = FULL, study_like: Sequence[str] = (),
-            progress: bool = True) -> Measured:
-    """Measure every claim on the micrographs ``inputs`` with the model at ``model_path``.
+            progress: bool = True, steel_models: str | Path | None = None,
+            stored_attack: str | Path | None = None) -> Reproduction:
+    """Measure every claim on the micrographs ``inputs``.
 
     Parameters
     ----------
     inputs
         Micrograph files and folders (sub-folders are the groups, as in ``microcae prepare``).
     model_path
-        Model file (default: the bundled model).
+        The general model (default: the bundled model).
     settings
         :data:`FULL` or :data:`QUICK`.
     study_like
-        Groups (sub-folder names) of the study's kind of material (ferrite-pearlite steels):
-        the dark-phase claim is judged on them when given.
+        Groups (sub-folder names) of the study's kind of material (ferrite-pearlite steels);
+        the study's claims are judged on them (on every group if none is named).
     progress
         Show progress bars on stderr.
+    steel_models
+        Folder of study-like models (``train_steel_models`` of
+        :mod:`microcae.evaluation.reproduction.steel`, on the study-like groups); the claims
+        on MSE, saliency, fidelity and the key are then judged with them.
+    stored_attack
+        JSON of a stored owner-budget attack run (``benchmarks/attack_decoder.py``) on the
+        same owner and data; the key claim is then judged on it.
 
     Returns
     -------
-    Measured
-        The numbers (JSON-ready) and the two figures.
+    Reproduction
+        The measurements, the claims and the two figures.
     """
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
+    clock, load = _Clock(), os.getloadavg()[0]
     model = load_model(model_path)
-    with tempfile.TemporaryDirectory(prefix="microcae-report-") as scratch:
-        data = prepare_dataset(list(inputs), Path(scratch) / "set", progress=progress)
-        groups = {s["group"] for s in data.manifest["sources"]}
-        unknown = set(study_like) - groups
-        if unknown:
-            raise MicrocaeError(f"study-like group(s) {sorted(unknown)} not among the inputs' "
-                                f"sub-folders {sorted(groups)}")
-        if len(data.indices("test")) == 0:
-            raise MicrocaeError("the micrographs give no test tiles: add images")
-        tile_side = data.tiles.shape[1]
-        test = round_to_8bit(data.tiles[data.indices("test")])
-        with torch.no_grad():
-            latent = tuple(model.encoder(torch.zeros(1, 1, tile_side, tile_side)).shape[1:])
-        tick = time.perf_counter()
-        reconstruction = _reconstruction(model, data)
-        storage = _storage(model, test[: settings.code_tiles])
-        seconds["reconstruction_and_files"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        exactness = exactness_check(model.encoder, test[: settings.exact_tiles],
-                                    settings.exact_pixels)
-        seconds["exactness"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        images, steel = _compared_images(data, inputs, set(study_like),
-                                         settings.max_compare_images)
+    with tempfile.TemporaryDirectory(prefix="microcae-report-") as tmp:
+        data = prepare_dataset(list(inputs), Path(tmp) / "set", progress=progress)
+        _check_inputs(data, study_like)
+        root = input_root(list(inputs))
+        scope = _scope(data, root, model, study_like, steel_models, Path(tmp), progress)
+        clock.lap("prepare")
+        reconstruction, general_mse = stages.general_reconstruction(model, data)
+        mse = ([*stages.steel_mse(scope.steel, scope.data), general_mse] if scope.steel
+               else [general_mse])
+        test = data.indices("test")[: settings.code_tiles]
+        storage = stages.storage(model, round_to_8bit(data.tiles[test]),
+                                 stages.tile_sources(data)[test])
+        clock.lap("reconstruction_and_files")
+        exactness = exactness_check(model.encoder, round_to_8bit(data.tiles[test])[
+            : settings.exact_tiles], settings.exact_pixels)
+        clock.lap("exactness")
+        images, steel = _compared_images(data, root, set(study_like), settings.max_compare_images)
         comparison = compare_images(model, images, COMPARED_METHODS, settings.compare_tile,
                                     sanity_check=settings.sanity_check, progress=progress)
-        seconds["comparison"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        attack = decoder_attack(model, data, settings.attack_eval_tiles, settings.attack_leaks,
-                                settings.attack_steps)
-        seconds["attack"] = time.perf_counter() - tick
+        clock.lap("comparison")
+        every = _every_tile(scope, settings, progress)
+        clock.lap("every_tile")
+        fidelity = stages.fidelity(scope.assignments, scope.data, settings.tiles_per_micrograph,
+                                   scope.label)
+        clock.lap("fidelity")
+        attacks = _attacks(model, data, scope, settings, stored_attack)
+        clock.lap("attack")
         fig10, fig10_titles = _fig10(model, data)
-        data_summary = {
-            "manifest_sha256": data.manifest_sha256, "images": len(data.manifest["sources"]),
-            "groups": sorted(groups), "train_tiles": int(len(data.indices("train"))),
-            "test_tiles": int(len(data.indices("test"))), "tile": tile_side,
-        }
-    all_tiles = _method_summary(comparison, None)
-    steel_tiles = _method_summary(comparison, steel) if steel else {}
-    scope = ("study-like groups " + ", ".join(study_like)) if steel_tiles else "all compared tiles"
-    claim_rows = [
-        claims.parameters_claim(sum(p.numel() for p in model.parameters())),
-        claims.latent_claim(latent, tile_side * tile_side),
-        claims.bytes_claim(storage),
-        claims.mse_claim(reconstruction["train_mse"], reconstruction["test_mse"]),
-        claims.exactness_claim(exactness),
-        claims.microstructure_claim((steel_tiles or all_tiles)["complex-step"], scope),
-        claims.consistency_claim(all_tiles),
-        claims.key_claim(attack["results"], NO_LEAK_SCENARIOS),
-    ]
+        data_summary = DataSummary(data.manifest_sha256, len(data.manifest["sources"]),
+                                   sorted({s["group"] for s in data.manifest["sources"]}),
+                                   int(len(data.indices("train"))),
+                                   int(len(data.indices("test"))),
+                                   int(data.tiles.shape[1]))
+    central = method_stats(comparison, None)
     rows = comparison.panels[: settings.figure_rows]
-    fig11 = comparison_grid([(name, tile, {title(m): maps[m] for m in FIGURE_METHODS})
-                             for name, tile, maps in rows])
-    seconds["total"] = time.perf_counter() - started
-    numbers = {
-        "settings": asdict(settings), "microcae": __version__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "model": {"path": str(model_path) if model_path else
-                  f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
-                  f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint()},
-        "data": data_summary, "study_like_groups": list(study_like),
-        "claims": [c.as_dict() for c in claim_rows],
-        "reconstruction": reconstruction, "storage": storage, "exactness": exactness,
-        "comparison": {"images": [str(p) for p in images], "tile": settings.compare_tile,
-                       "all": all_tiles, "study_like": steel_tiles},
-        "attack": attack, "fig10_columns": fig10_titles,
-        "fig11_rows": [name for name, _, _ in rows],
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    return Measured(numbers, fig10, fig11)
+    return Reproduction(
+        settings=settings,
+        environment={"microcae": __version__, "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "load": round(load, 2)},
+        model={"path": str(model_path) if model_path else
+               f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
+               f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint()},
+        data=data_summary, study_like_groups=list(study_like),
+        steel=_steel_summary(scope.steel) if scope.steel else None,
+        claims=_claim_rows(model, data_summary.tile, storage, mse, exactness, every, central,
+                           fidelity, scope, attacks),
+        reconstruction=reconstruction, mse=mse, storage=storage, exactness=exactness,
+        comparison=SaliencyScope([str(p) for p in images], settings.compare_tile, central,
+                                 method_stats(comparison, steel) if steel else {}),
+        every_tile=every, fidelity=fidelity, attack=attacks[0], stored_attack=attacks[1],
+        fig10_columns=fig10_titles, fig11_rows=[name for name, _, _ in rows],
+        seconds=clock.total(), generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        fig10=fig10, fig11=comparison_grid([(name, tile, {m: maps[m] for m in FIGURE_METHODS})
+                                            for name, tile, maps in rows]))
 
 
-def write_report(measured: Measured, out_dir: str | Path, command: str) -> dict[str, Path]:
+def write_report(result: Reproduction, out_dir: str | Path, command: str,
+                 readme: str | Path | None = None) -> dict[str, Path]:
     """Write ``REPRODUCTION.md``, its two figures and ``report.json`` (each atomically).
 
     Parameters
     ----------
-    measured
+    result
         Result of :func:`measure`.
     out_dir
         Folder of ``REPRODUCTION.md``; figures and JSON go to its ``reproduction/`` sub-folder.
     command
         The command line that regenerates the report (quoted in it).
+    readme
+        A README whose verdict table (between the markers of
+        :func:`~microcae.evaluation.reproduction.document.update_readme`) is regenerated.
 
     Returns
     -------
     dict
-        ``report``, ``fig10``, ``fig11`` and ``json`` paths.
+        ``report``, ``fig10``, ``fig11``, ``json`` (and ``readme``) paths.
+
+    Raises
+    ------
+    MicrocaeError
+        If ``readme`` is unreadable or lacks the markers (checked before anything is written).
     """
     out_dir = Path(out_dir)
     assets = out_dir / ASSET_DIR
-    assets.mkdir(parents=True, exist_ok=True)
     paths = {"fig10": assets / "fig10_reconstructions.png", "fig11": assets / "fig11_saliency.png",
              "json": assets / "report.json", "report": out_dir / REPORT_NAME}
-    save_figure(measured.fig10, paths["fig10"])
-    save_figure(measured.fig11, paths["fig11"])
-    numbers = {**measured.numbers, "command": command}
-    write_text_atomic(paths["json"], json.dumps(numbers, indent=1) + "\n")
-    write_text_atomic(paths["report"], render(numbers, {k: p.relative_to(out_dir).as_posix()
-                                                        for k, p in paths.items()}))
+    readme_text = None
+    if readme is not None:
+        paths["readme"] = Path(readme)
+        link = os.path.relpath(paths["report"], Path(readme).parent)
+        readme_text = update_readme(read_readme(readme), result.claims,
+                                    Path(link).as_posix())
+    assets.mkdir(parents=True, exist_ok=True)
+    save_figure(result.fig10, paths["fig10"])
+    save_figure(result.fig11, paths["fig11"])
+    write_text_atomic(paths["json"], json_text({**result.to_json(), "command": command}))
+    write_text_atomic(paths["report"], render(result, command, {
+        k: p.relative_to(out_dir).as_posix() for k, p in paths.items() if k != "readme"}))
+    if readme_text is not None:
+        write_text_atomic(paths["readme"], readme_text)
     return paths
