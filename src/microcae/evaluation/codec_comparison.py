@@ -31,7 +31,7 @@ from tqdm import tqdm
 from microcae.codec import decode_bytes, encode_image
 from microcae.data.images import Micrograph, to_uint8, uint8_tile
 from microcae.figures.rate_distortion import plot_codec_curves
-from microcae.metrics.fidelity import fidelity_scores
+from microcae.metrics.fidelity import MAX_SHIFT, fidelity_scores
 from microcae.metrics.rate import bd_rate, ms_ssim
 from microcae.util.atomic import write_text_atomic
 from microcae.util.table_writer import csv_text, markdown_table
@@ -199,15 +199,23 @@ class Row:
 
 
 def _scored(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
-    """PSNR, MS-SSIM and fidelity of (H, W) uint8 ``decoded`` against ``original``."""
+    """PSNR, MS-SSIM and fidelity of (H, W) uint8 ``decoded`` against ``original``.
+
+    Two-point correlations reach :data:`~microcae.metrics.fidelity.MAX_SHIFT` px, or one pixel
+    less than the image's shorter side when that is smaller.
+    """
     mse = float(np.mean((original.astype(np.float64) - decoded) ** 2))
     psnr = float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-    fidelity = fidelity_scores(original / 255.0, decoded / 255.0)
+    shift = min(MAX_SHIFT, min(original.shape) - 1)
+    fidelity = fidelity_scores(original / 255.0, decoded / 255.0, max_shift=shift)
     return {"psnr_db": psnr, "ms_ssim": ms_ssim(original, decoded), **fidelity.as_dict()}
 
 
 def centre_crop(pixels: np.ndarray, side: int | None) -> np.ndarray:
-    """The central ``min(H, side) × min(W, side)`` window of (H, W) ``pixels`` (None: all)."""
+    """Return the central ``min(H, side) × min(W, side)`` window of (H, W) ``pixels``.
+
+    ``side`` None returns ``pixels`` unchanged.
+    """
     if side is None:
         return pixels
     top, left = max(0, (pixels.shape[0] - side) // 2), max(0, (pixels.shape[1] - side) // 2)
@@ -229,7 +237,7 @@ def _learned_row(label: str, name: str, model: MicrocaeModel,
 
 def _classical_row(label: str, name: str, files: CodecFiles, target: str,
                    budget: int) -> Row:
-    """The codec's file within ``budget`` bytes, decoded (timed) and scored."""
+    """Score the codec's file within ``budget`` bytes, decoded (timed)."""
     index = files.best_within(budget)
     data, encode_s = files.file(index)
     start = time.perf_counter()
@@ -242,7 +250,7 @@ def _classical_row(label: str, name: str, files: CodecFiles, target: str,
 
 
 def _micrograph(label: str, pixels: np.ndarray) -> Micrograph:
-    """An 8-bit grey micrograph of (H, W) uint8 ``pixels`` labelled ``label``."""
+    """Wrap as an 8-bit grey micrograph the (H, W) uint8 ``pixels`` labelled ``label``."""
     image = uint8_tile(pixels)
     return Micrograph(image.pixels, label, image.source_dtype, image.colour,
                       image.value_range, image.scaling)
@@ -283,7 +291,7 @@ class CodecComparison:
         return [name for name in CLASSICAL_CODECS if name in present]
 
     def curve(self, codec: str) -> list[dict[str, float]]:
-        """A classical codec's mean curve over the grid targets, sorted by bpp."""
+        """Return a classical codec's mean curve over the grid targets, sorted by bpp."""
         targets = sorted({r.target for r in self.rows if r.codec == codec and
                           r.target.startswith("bpp:")}, key=lambda t: float(t[4:]))
         return [{"target_bpp": float(t[4:]), **self.mean(codec, t)} for t in targets]
@@ -297,6 +305,7 @@ class CodecComparison:
 
         A single model is one point: its rate difference against the codec's fitted curve at
         the model's PSNR. Two or more models of one kind form a curve (points sorted by bpp).
+        NaN where the PSNRs do not overlap or the codec's curve has fewer than 2 points.
         """
         points = self.learned_points()
         groups: dict[str, list[str]] = {name: [name] for name in self.models}
@@ -312,8 +321,8 @@ class CodecComparison:
             row: dict[str, object] = {"model": label, "points": len(members)}
             for codec in self.classical():
                 curve = self.curve(codec)
-                row[codec] = bd_rate(rate, psnr, [p["bpp"] for p in curve],
-                                     [p["psnr_db"] for p in curve])
+                row[codec] = float("nan") if len(curve) < 2 else bd_rate(
+                    rate, psnr, [p["bpp"] for p in curve], [p["psnr_db"] for p in curve])
             table.append(row)
         return table
 

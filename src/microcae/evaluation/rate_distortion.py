@@ -1,4 +1,9 @@
-"""Rate–distortion of CAE latent files against JPEG, WebP and JPEG 2000 at matched bytes.
+"""Tile-level rate–distortion of CAE latent files against Pillow's JPEG, WebP and JPEG 2000.
+
+Whole-image comparisons with the strongest codecs (``microcae evaluate``) live in
+:mod:`microcae.evaluation.codec_comparison`; this module measures the study CAE's storage
+types (float32, float16, uint8, each with and without zstd) tile by tile, for the
+reproduction report.
 
 RD models (:mod:`microcae.rd`) are measured the same way: one entropy-coded latent file per
 tile, the classical codecs matched to its bytes tile by tile.
@@ -15,10 +20,8 @@ PSNR in dB and SSIM (Wang et al. 2004): higher is better).
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,14 +29,11 @@ from tqdm import tqdm
 
 from microcae.codec import decode_bytes, encode_image
 from microcae.codec.quantise import LATENT_DTYPES
-from microcae.data.dataset import load_dataset
-from microcae.data.images import to_uint8, uint8_tile
-from microcae.figures.rate_distortion import plot_rate_distortion
+from microcae.data.images import uint8_tile
+from microcae.evaluation.codec_comparison import highest_within
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.rdcae import RDCAE
-from microcae.util.atomic import write_text_atomic
-from microcae.util.errors import MicrocaeError
 
 
 @dataclass(frozen=True)
@@ -96,36 +96,6 @@ def png_bytes(tile: np.ndarray) -> int:
     buffer = io.BytesIO()
     Image.fromarray(tile).save(buffer, format="PNG", optimize=True)
     return len(buffer.getvalue())
-
-
-def highest_within(size_at: Callable[[int], int], count: int, budget: int) -> int:
-    """Binary search for the highest setting index whose size is at most ``budget``.
-
-    Parameters
-    ----------
-    size_at
-        File size in bytes at setting index 0..count-1, assumed non-decreasing.
-    count
-        Number of settings.
-    budget
-        Largest acceptable size in bytes.
-
-    Returns
-    -------
-    int
-        The index, or 0 when even the lowest setting exceeds the budget. Calls ``size_at``
-        O(log count) times.
-    """
-    low, high = 0, count - 1
-    if size_at(low) > budget:
-        return low
-    while low < high:
-        middle = (low + high + 1) // 2
-        if size_at(middle) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 class _TileCache:
@@ -302,67 +272,3 @@ def markdown_table(report: dict) -> str:
         lines += [codec_row(storage, entry) for entry in report["rd_matched"]
                   if entry["model"] == rd["model"]]
     return "\n".join(lines) + "\n"
-
-
-def rate_distortion_on_set(
-    model: CAE,
-    data: str | Path,
-    split: str = "test",
-    max_tiles: int | None = None,
-    codecs: Sequence[str] = tuple(CLASSICAL_CODECS),
-    rd_models: Sequence[tuple[str, RDCAE]] = (),
-    progress: bool = True,
-) -> dict[str, object]:
-    """:func:`rate_distortion` on the tiles of one split of a prepared set.
-
-    Parameters
-    ----------
-    model, codecs, rd_models, progress
-        As for :func:`rate_distortion`.
-    data
-        Folder written by :func:`microcae.data.dataset.prepare_dataset`.
-    split
-        ``"test"`` or ``"train"``.
-    max_tiles
-        Use at most this many tiles, evenly spaced over the split (None: all).
-
-    Returns
-    -------
-    dict
-        The :func:`rate_distortion` report plus ``data``: the set's path, its manifest's
-        SHA-256, the split and the tile indices measured.
-
-    Raises
-    ------
-    MicrocaeError
-        If ``data`` is not a prepared set or the split has no tiles.
-    """
-    prepared = load_dataset(data)
-    indices = prepared.indices(split)
-    if len(indices) == 0:
-        raise MicrocaeError(f"{data}: the {split} split has no tiles")
-    if max_tiles is not None and max_tiles < len(indices):
-        indices = indices[np.unique(np.linspace(0, len(indices) - 1, max_tiles).round()
-                                    .astype(int))]
-    tiles = to_uint8(np.asarray(prepared.tiles[indices]))
-    report = rate_distortion(model, tiles, codecs, progress=progress, rd_models=rd_models)
-    report["data"] = {"path": str(data), "manifest_sha256": prepared.manifest_sha256,
-                      "split": split, "tile_indices": [int(i) for i in indices]}
-    return report
-
-
-def write_rate_distortion(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write a :func:`rate_distortion` report as ``rd.json``, ``rd.md`` and ``rd.png``.
-
-    Returns
-    -------
-    dict of str to Path
-        ``json`` (every number), ``markdown`` (:func:`markdown_table`) and ``figure``
-        (:func:`microcae.figures.rate_distortion.plot_rate_distortion`); each written atomically.
-    """
-    out_dir = Path(out_dir)
-    written = {"json": out_dir / "rd.json", "markdown": out_dir / "rd.md"}
-    write_text_atomic(written["json"], json.dumps(report, indent=1) + "\n")
-    write_text_atomic(written["markdown"], markdown_table(report))
-    written["figure"] = plot_rate_distortion(report, out_dir / "rd.png")
-    return written

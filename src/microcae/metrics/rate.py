@@ -108,7 +108,7 @@ def _ssim_terms(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float,
 
 
 def ms_ssim_scales(shape: tuple[int, int]) -> int:
-    """Number of scales :func:`ms_ssim` uses for an image of ``shape``: at most 5.
+    """Return the number of scales :func:`ms_ssim` uses for an image of ``shape``: at most 5.
 
     Scale ``j`` (1-based) has side ``min(shape) // 2**(j-1)``; the smallest scale must be at
     least :data:`WINDOW` + 1 pixels (an 11-pixel window and one inner pixel).
