@@ -2,12 +2,14 @@
 
 The images are the sources of a prepared set's test split (``manifest.json``, split
 ``"test"``), read whole from ``--images`` (the folder the set was prepared from), each centre-
-cropped to at most ``--crop`` pixels a side (1024 by default: only the 1000 × 2570 optical
-image is cut, to 1000 × 1024). The models are the ``--model`` values (bundled names or model
+cropped to at most ``--crop`` pixels a side (512 by default, for time on a shared 2-core
+machine: the 1000 × 2570 optical image is cut to 512 × 512, the others are at most 512 px a
+side and stay whole). The models are the ``--model`` values (bundled names or model
 files), by default the bundled codec levels that exist plus ``study``, ``rd-study`` and
 ``rd-wide``. Writes ``codecs.json``, ``codecs.md``, ``codecs.csv`` and ``rd.png`` to ``--out``
 (:func:`microcae.evaluation.codec_comparison.write_comparison`); throughput is measured on the
-CPU this runs on, with ``--threads`` torch threads.
+CPU this runs on, with ``--threads`` torch threads. ``--no-curves`` with ``--merge`` adds
+models to an earlier run without measuring the classical curves again.
 
 Usage::
 
@@ -38,14 +40,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/codec_rd"))
     parser.add_argument("--model", action="append", default=None,
                         help="bundled name or model file (repeatable)")
-    parser.add_argument("--crop", type=int, default=1024)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--no-curves", action="store_true",
+                        help="measure only the models and the codecs at their bytes")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="codecs.json of an earlier run on the same images to add")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     import torch
 
     from microcae.data.images import read_micrograph
-    from microcae.evaluation.codec_comparison import compare_codecs, write_comparison
+    from microcae.evaluation.codec_comparison import (
+        BPP_TARGETS,
+        CodecComparison,
+        compare_codecs,
+        write_comparison,
+    )
     from microcae.models.registry import BUNDLED, CODEC_LEVELS, load_model
 
     torch.set_num_threads(args.threads)
@@ -55,7 +66,11 @@ def main() -> None:
     sources = test_sources(args.data, args.images)
     micrographs = [replace(read_micrograph(path), path=str(path.relative_to(args.images)))
                    for path in sources]
-    comparison = compare_codecs(micrographs, models, crop=args.crop)
+    comparison = compare_codecs(micrographs, models, () if args.no_curves else BPP_TARGETS,
+                                crop=args.crop)
+    if args.merge is not None:
+        earlier = CodecComparison.from_dict(json.loads(args.merge.read_text()))
+        comparison = comparison.merged(earlier)
     title = (f"microcae vs classical codecs, test split of {args.data.name} "
              f"({len(sources)} images, centre crop ≤ {args.crop} px)")
     for path in write_comparison(comparison, args.out, title).values():

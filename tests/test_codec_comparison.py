@@ -19,6 +19,7 @@ from microcae.codec import decode_bytes, encode_image
 from microcae.data.images import to_uint8
 from microcae.evaluation.codec_comparison import (
     CLASSICAL_CODECS,
+    CodecComparison,
     CodecFiles,
     _micrograph,
     compare_codecs,
@@ -28,6 +29,7 @@ from microcae.evaluation.codec_comparison import (
 from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_rate, ms_ssim, ms_ssim_scales
 from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
 from microcae.models.registry import save_model
+from microcae.util.errors import MicrocaeError
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +159,25 @@ def test_every_row_rate_is_its_real_files_bits_per_pixel(codec, tiny_model):
     data = CLASSICAL_CODECS["jpeg"].encode(pixels, float(jpeg.setting.split("=")[1]))
     assert len(data) == jpeg.bytes
     report = result.as_dict()
-    json.dumps(report)
+    again = CodecComparison.from_dict(json.loads(json.dumps(report)))
+    assert again.rows == result.rows and again.models == result.models
+    with pytest.raises(MicrocaeError, match="model names in both comparisons: cae, hp"):
+        result.merged(again)
     assert [r["model"] for r in report["bd_rate_percent"]] == ["hp", "cae"]
     assert "whole images" in markdown_report(result)
 
 
-def test_a_centre_crop_is_measured_and_said(tiny_model):
+def test_a_centre_crop_is_measured_and_said_and_models_merge(tiny_model, codec):
     pixels = synthetic_micrograph(40, 90, seed=8)
     result = compare_codecs([("img", pixels)], [("cae", tiny_model)], bpp_targets=(1.0,),
                             codecs=("jpeg",), crop=32, progress=False)
+    extra = compare_codecs([("img", pixels)], [("hp", codec)], bpp_targets=(),
+                           codecs=("jpeg",), crop=32, progress=False)
+    merged = extra.merged(result)
+    assert list(merged.models) == ["cae", "hp"] and len(merged.rows) == 2 + 1 + 2
+    with pytest.raises(MicrocaeError, match="same"):
+        extra.merged(compare_codecs([("img", pixels)], [], bpp_targets=(1.0,),
+                                    codecs=("jpeg",), progress=False))
     assert result.images == [("img", 32, 32)]
     (row,) = [r for r in result.rows if r.target == "bpp:1"]
     centre = pixels[4:36, 29:61]

@@ -34,12 +34,13 @@ from microcae.figures.rate_distortion import plot_codec_curves
 from microcae.metrics.fidelity import MAX_SHIFT, fidelity_scores
 from microcae.metrics.rate import bd_rate, ms_ssim
 from microcae.util.atomic import write_text_atomic
+from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import csv_text, markdown_table
 
 if TYPE_CHECKING:
     from microcae.models.base import MicrocaeModel
 
-BPP_TARGETS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5)
+BPP_TARGETS = (0.1, 0.15, 0.2, 0.25, 0.4, 0.6, 1.0, 1.5)
 """Rates (bpp) at which each classical codec is run for its own curve."""
 
 
@@ -86,12 +87,12 @@ CLASSICAL_CODECS: dict[str, ClassicalCodec] = {
                                                    method=6)),
         _webp_decode, "quality={:g}"),
     "jpeg2000": ClassicalCodec(
-        tuple(float(p) for p in np.arange(16.0, 60.001, 0.05).round(2)),
+        tuple(float(p) for p in np.arange(16.0, 60.001, 0.1).round(1)),
         lambda x, p: bytes(imagecodecs.jpeg2k_encode(
             x, level=p, codecformat=imagecodecs.JPEG2K.CODEC.J2K, reversible=False)),
         imagecodecs.jpeg2k_decode, "psnr target={:g} dB"),
     "jpegxl": ClassicalCodec(
-        tuple(float(d) for d in np.geomspace(25.0, 0.1, 400).round(4)),
+        tuple(float(d) for d in np.geomspace(25.0, 0.1, 200).round(4)),
         lambda x, d: bytes(imagecodecs.jpegxl_encode(x, distance=d, effort=7)),
         imagecodecs.jpegxl_decode, "distance={:g}"),
     "avif": ClassicalCodec(
@@ -276,6 +277,29 @@ class CodecComparison:
     images: list[tuple[str, int, int]]
     crop: int | None
     models: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, report: dict) -> CodecComparison:
+        """Rebuild a comparison from its :meth:`as_dict` (e.g. a ``codecs.json``)."""
+        return cls([Row(**row) for row in report["rows"]],
+                   [(i["label"], i["height"], i["width"]) for i in report["images"]],
+                   report["crop"], report["models"])
+
+    def merged(self, other: CodecComparison) -> CodecComparison:
+        """Add the rows and models of ``other``, measured on the same images (``other``'s first).
+
+        Raises
+        ------
+        MicrocaeError
+            If the images or the crop differ, or a model name is in both.
+        """
+        if (other.images, other.crop) != (self.images, self.crop):
+            raise MicrocaeError("comparisons to merge must be on the same (cropped) images")
+        if set(other.models) & set(self.models):
+            both = sorted(set(other.models) & set(self.models))
+            raise MicrocaeError(f"model names in both comparisons: {', '.join(both)}")
+        return CodecComparison([*self.rows, *other.rows], self.images, self.crop,
+                               {**other.models, **self.models})
 
     def mean(self, codec: str, target: str) -> dict[str, float]:
         """Means over images of the numeric fields of ``codec``'s rows at ``target``."""
