@@ -26,7 +26,7 @@ from microcae.evaluation.codec_comparison import (
     highest_within,
     markdown_report,
 )
-from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_rate, ms_ssim, ms_ssim_scales
+from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_psnr, bd_rate, ms_ssim, ms_ssim_scales
 from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
 from microcae.models.registry import save_model
 from microcae.util.errors import MicrocaeError
@@ -93,6 +93,16 @@ def test_bd_rate_integrates_over_the_shared_psnr_interval_only():
     assert bd_rate(rate_a, psnr_a, rate_b, psnr_b) == pytest.approx(
         100 * (np.exp(5 * c) - 1), abs=1e-9)
     assert np.isnan(bd_rate(rate_a, psnr_a + 20, rate_b, psnr_b))
+
+
+def test_bd_psnr_of_a_curve_1_5_db_better_at_every_rate_is_1_5():
+    rate = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    psnr = 24 + 3 * np.log(rate) - 0.1 * np.log(rate) ** 3
+    assert bd_psnr(rate, psnr + 1.5, rate, psnr) == pytest.approx(1.5, abs=1e-9)
+    assert bd_psnr(rate[1:2], psnr[1:2] - 2, rate, psnr) == pytest.approx(-2.0, abs=1e-9)
+    # rates shifted by 2x and PSNR linear in log-rate with slope s: the gap is s * ln 2
+    line = 30 + 4 * np.log(rate)
+    assert bd_psnr(rate / 2, line, rate, line) == pytest.approx(4 * np.log(2), abs=1e-9)
 
 
 def _direct_ms_ssim(x: np.ndarray, y: np.ndarray, scales: int) -> float:

@@ -32,7 +32,7 @@ from microcae.codec import decode_bytes, encode_image
 from microcae.data.images import Micrograph, to_uint8, uint8_tile
 from microcae.figures.rate_distortion import plot_codec_curves
 from microcae.metrics.fidelity import MAX_SHIFT, fidelity_scores
-from microcae.metrics.rate import bd_rate, ms_ssim
+from microcae.metrics.rate import bd_psnr, bd_rate, ms_ssim
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import csv_text, markdown_table
@@ -324,13 +324,16 @@ class CodecComparison:
         """Each microcae model's mean point (over images), by model name."""
         return {name: self.mean(name, "own") for name in self.models}
 
-    def bd_rates(self) -> list[dict[str, object]]:
-        """BD-rate (%) of each model, and of each model kind with ≥ 2 models, per codec.
+    def bd_table(self, delta: str = "rate") -> list[dict[str, object]]:
+        """BD-rate (%) or BD-PSNR (dB) of each model, and each kind with ≥ 2 models, per codec.
 
+        ``delta`` is ``"rate"`` (:func:`~microcae.metrics.rate.bd_rate`) or ``"psnr"``
+        (:func:`~microcae.metrics.rate.bd_psnr`).
         A single model is one point: its rate difference against the codec's fitted curve at
         the model's PSNR. Two or more models of one kind form a curve (points sorted by bpp).
         NaN where the PSNRs do not overlap or the codec's curve has fewer than 2 points.
         """
+        measure = {"rate": bd_rate, "psnr": bd_psnr}[delta]
         points = self.learned_points()
         groups: dict[str, list[str]] = {name: [name] for name in self.models}
         for kind in {info["kind"] for info in self.models.values()}:
@@ -345,7 +348,7 @@ class CodecComparison:
             row: dict[str, object] = {"model": label, "points": len(members)}
             for codec in self.classical():
                 curve = self.curve(codec)
-                row[codec] = float("nan") if len(curve) < 2 else bd_rate(
+                row[codec] = float("nan") if len(curve) < 2 else measure(
                     rate, psnr, [p["bpp"] for p in curve], [p["psnr_db"] for p in curve])
             table.append(row)
         return table
@@ -382,7 +385,8 @@ class CodecComparison:
             "containers": CONTAINERS,
             "curves": {codec: self.curve(codec) for codec in self.classical()},
             "learned": self.learned_points(), "matched": self.matched(),
-            "bd_rate_percent": self.bd_rates(), "throughput": self.throughput(),
+            "bd_rate_percent": self.bd_table("rate"), "bd_psnr_db": self.bd_table("psnr"),
+            "throughput": self.throughput(),
             "rows": [asdict(r) for r in self.rows],
         }
 
@@ -465,7 +469,10 @@ def markdown_report(comparison: CodecComparison, title: str = "Codec comparison"
         + "; ".join(f"{k}: {v}" for k, v in CONTAINERS.items()) + ". Each classical codec "
         "is at its best setting whose file is no larger than the budget. Means over images.",
         "", "## Bjøntegaard delta rate (%, PSNR; negative: fewer bits than the codec)", "",
-        markdown_table(comparison.bd_rates()), "",
+        markdown_table(comparison.bd_table("rate")), "",
+        "NaN: the model's PSNR lies outside the codec's curve (below its lowest setting's).", "",
+        "## Bjøntegaard delta PSNR (dB at equal rate; positive: better than the codec)", "",
+        markdown_table(comparison.bd_table("psnr")), "",
         "## At the bytes of each microcae file", "",
         markdown_table(comparison.matched(), ["at bytes of", "codec", *_MEAN_COLUMNS]), "",
         "## Classical codecs' own curves", "",

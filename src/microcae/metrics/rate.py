@@ -1,7 +1,8 @@
-"""Rate metrics for codec comparisons: Bjøntegaard delta rate and multi-scale SSIM.
+"""Rate metrics for codec comparisons: Bjøntegaard deltas and multi-scale SSIM.
 
-Both are pure functions of arrays. :func:`bd_rate` compares two rate–distortion curves
-(lower is better: negative means the tested codec needs fewer bits for the same PSNR);
+All are pure functions of arrays. :func:`bd_rate` compares two rate–distortion curves
+(lower is better: negative means the tested codec needs fewer bits for the same PSNR),
+:func:`bd_psnr` the same curves at equal rate (higher is better);
 :func:`ms_ssim` scores one decoded image against its original (higher is better, 1 for
 identical images).
 """
@@ -28,6 +29,8 @@ METRICS = (
            "Bjøntegaard (2001), ITU-T VCEG-M33, 'Calculation of average PSNR differences "
            "between RD-curves'",
            "mean rate difference (%) of a tested codec against an anchor at equal PSNR"),
+    Metric("bd_psnr", "higher", "Bjøntegaard (2001), ITU-T VCEG-M33",
+           "mean PSNR difference (dB) of a tested codec against an anchor at equal rate"),
     Metric("ms_ssim", "higher",
            "Wang, Simoncelli & Bovik (2003), 'Multi-scale structural similarity for image "
            "quality assessment', Asilomar Conf. Signals, Systems & Computers",
@@ -36,9 +39,34 @@ METRICS = (
 )
 
 
-def _fit(psnr: np.ndarray, log_rate: np.ndarray) -> np.ndarray:
-    """Polynomial coefficients (ascending) of log-rate against PSNR, degree ≤ 3."""
-    return polynomial.polyfit(psnr, log_rate, min(3, len(psnr) - 1))
+def _mean_gap(x_a: np.ndarray, y_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray) -> float:
+    """Mean of ``fit_a(x) - fit_b(x)`` over the ``x`` interval both curves cover.
+
+    Each fit is a polynomial of degree ``min(3, points - 1)`` of ``y`` against ``x``. With a
+    single point on ``a`` the result is ``y_a - fit_b(x_a)``. NaN without overlap.
+    """
+    low, high = max(x_a.min(), x_b.min()), min(x_a.max(), x_b.max())
+    if low > high or (low == high and len(x_a) > 1):
+        return float("nan")
+    fit_b = polynomial.polyfit(x_b, y_b, min(3, len(x_b) - 1))
+    if len(x_a) == 1:
+        return float(y_a[0] - polynomial.polyval(x_a[0], fit_b))
+    fit_a = polynomial.polyfit(x_a, y_a, min(3, len(x_a) - 1))
+    gap = polynomial.polyint(polynomial.polysub(fit_a, fit_b))
+    return float((polynomial.polyval(high, gap) - polynomial.polyval(low, gap)) / (high - low))
+
+
+def _curves(rate_a: np.ndarray, psnr_a: np.ndarray, rate_b: np.ndarray,
+            psnr_b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Return validated float64 copies: (log rate a, PSNR a, log rate b, PSNR b)."""
+    ra, pa, rb, pb = (np.asarray(v, dtype=np.float64).ravel()
+                      for v in (rate_a, psnr_a, rate_b, psnr_b))
+    if len(ra) != len(pa) or len(rb) != len(pb) or len(ra) < 1 or len(rb) < 2:
+        raise ValueError("Bjøntegaard deltas need matching rate/PSNR lengths, ≥ 1 tested and "
+                         "≥ 2 anchor points")
+    if np.any(ra <= 0) or np.any(rb <= 0):
+        raise ValueError("rates must be positive")
+    return np.log(ra), pa, np.log(rb), pb
 
 
 def bd_rate(rate_a: np.ndarray, psnr_a: np.ndarray, rate_b: np.ndarray,
@@ -64,26 +92,25 @@ def bd_rate(rate_a: np.ndarray, psnr_a: np.ndarray, rate_b: np.ndarray,
         Mean rate difference in percent: -50 means ``a`` needs half the anchor's rate for the
         same PSNR. NaN if the PSNR intervals do not overlap.
     """
-    ra, pa, rb, pb = (np.asarray(v, dtype=np.float64).ravel()
-                      for v in (rate_a, psnr_a, rate_b, psnr_b))
-    if len(ra) != len(pa) or len(rb) != len(pb) or len(ra) < 1 or len(rb) < 2:
-        raise ValueError("bd_rate needs matching rate/PSNR lengths, ≥ 1 tested and ≥ 2 anchor "
-                         "points")
-    if np.any(ra <= 0) or np.any(rb <= 0):
-        raise ValueError("rates must be positive")
-    low, high = max(pa.min(), pb.min()), min(pa.max(), pb.max())
-    if low > high:
-        return float("nan")
-    fit_b = _fit(pb, np.log(rb))
-    if len(ra) == 1:
-        return float(100.0 * (ra[0] / np.exp(polynomial.polyval(pa[0], fit_b)) - 1.0))
-    integral_a = polynomial.polyint(_fit(pa, np.log(ra)))
-    integral_b = polynomial.polyint(fit_b)
-    if high == low:
-        return float("nan")
-    area = (polynomial.polyval(high, integral_a) - polynomial.polyval(low, integral_a)
-            - polynomial.polyval(high, integral_b) + polynomial.polyval(low, integral_b))
-    return float(100.0 * (np.exp(area / (high - low)) - 1.0))
+    log_a, pa, log_b, pb = _curves(rate_a, psnr_a, rate_b, psnr_b)
+    return float(100.0 * (np.exp(_mean_gap(pa, log_a, pb, log_b)) - 1.0))
+
+
+def bd_psnr(rate_a: np.ndarray, psnr_a: np.ndarray, rate_b: np.ndarray,
+            psnr_b: np.ndarray) -> float:
+    """Bjøntegaard delta PSNR (dB) of curve ``a`` against ``b`` at equal rate.
+
+    PSNR is fitted as a polynomial in log-rate (degree as in :func:`bd_rate`) and the mean
+    difference taken over the log-rate interval both curves cover; with one point on ``a``,
+    its PSNR minus ``b``'s fit at its rate. Arguments as for :func:`bd_rate`.
+
+    Returns
+    -------
+    float
+        Mean PSNR difference in dB (positive: ``a`` is better). NaN without overlap.
+    """
+    log_a, pa, log_b, pb = _curves(rate_a, psnr_a, rate_b, psnr_b)
+    return _mean_gap(log_a, pa, log_b, pb)
 
 
 def _ssim_terms(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float, float]:
