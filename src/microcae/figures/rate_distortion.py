@@ -92,6 +92,6 @@ def plot_codec_curves(curves: dict[str, list[dict]], learned: dict[str, dict],
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
         if column == 0:
-            axes.legend(fontsize=6, loc="lower right")
+            axes.legend(fontsize=6, loc="upper left")
     figure.suptitle(title, fontsize=9)
     return save_figure(figure, path)
