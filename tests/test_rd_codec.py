@@ -150,10 +150,6 @@ def test_rd_training_command_and_its_errors(tmp_path, capsys, tiny_model_file):
     assert main([*base, "--channels", "4,4", "--epochs", "2", "--lmbda", "0.05"]) == 0
     assert "trained 2 epochs" in capsys.readouterr().out
     assert read_model_file(out).model.config.cae.channels == (4, 4)
-    rc = main(["evaluate", str(tmp_path / "ds"), "-o", str(tmp_path / "rd"), "--rd-model",
-               str(tiny_model_file), "--no-progress"])
-    assert "not a microcae RD model" in _one_line_error(capsys, rc)
-    assert not (tmp_path / "rd").exists()
 
 
 def test_report_measures_rd_files_and_matches_codecs_to_their_bytes(tiny_rd, tiny_model,

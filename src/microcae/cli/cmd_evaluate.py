@@ -1,4 +1,4 @@
-"""``microcae evaluate``: rate–distortion of latent files against JPEG, WebP and JPEG 2000."""
+"""``microcae evaluate``: microcae's models against JPEG, WebP, JPEG 2000, JPEG XL and AVIF."""
 
 from __future__ import annotations
 
@@ -6,51 +6,70 @@ from pathlib import Path
 
 import click
 
-from microcae.cli.options import LazyChoice, model_option, out_dir_option, progress_option
+from microcae.cli.options import (
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    LazyChoice,
+    images_argument,
+    out_dir_option,
+    progress_option,
+)
 from microcae.util.errors import MicrocaeError
 
-CODEC_CHOICE = LazyChoice(("jpeg", "webp", "jpeg2000"),
-                          "microcae.evaluation.rate_distortion:CLASSICAL_CODECS")
+CODEC_CHOICE = LazyChoice(("jpeg", "webp", "jpeg2000", "jpegxl", "avif"),
+                          "microcae.evaluation.codec_comparison:CLASSICAL_CODECS")
+DEFAULT_MODELS = ("study", "rd-study", "rd-wide")
+"""Models measured without ``--model``, after the bundled codec levels that exist."""
+
+
+def _model_name(name_or_path: str) -> str:
+    """How a ``--model`` value is labelled in the tables: the bundled name or the file stem."""
+    from microcae.models.registry import BUNDLED
+
+    return name_or_path if name_or_path in BUNDLED else Path(name_or_path).stem
 
 
 @click.command("evaluate")
-@click.argument("data", type=click.Path(path_type=Path, file_okay=False))
-@model_option
+@images_argument
 @out_dir_option
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="Which tiles of the prepared set to measure.")
-@click.option("--max-tiles", type=click.IntRange(min=1), default=None,
-              help="Use at most this many tiles, evenly spaced over the split [default: all].")
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME_OR_PATH",
+              help="Model to measure (repeatable): a bundled name or a model file "
+                   "[default: the bundled codec levels, study, rd-study, rd-wide].")
 @click.option("--codec", "codecs", type=CODEC_CHOICE, multiple=True,
               help="Classical codecs to compare with (repeatable) [default: all].")
-@click.option("--rd-model", "rd_paths", type=click.Path(path_type=Path, dir_okay=False),
-              multiple=True,
-              help="RD model from 'microcae train --arch rd-*' to add, entropy-coded (repeatable).")
+@click.option("--bpp", "bpp_targets", type=POSITIVE_FLOAT, multiple=True,
+              help="Rates of the classical codecs' own curves (repeatable) "
+                   "[default: 0.1 to 1.5 bpp].")
+@click.option("--crop", type=POSITIVE_INT, default=None,
+              help="Centre-crop each image to at most this many pixels a side [default: "
+                   "whole images].")
 @progress_option
-def command(data: Path, model_path: Path | None, out_dir: Path, split: str,
-            max_tiles: int | None, codecs: tuple[str, ...], rd_paths: tuple[Path, ...],
+def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
+            codecs: tuple[str, ...], bpp_targets: tuple[float, ...], crop: int | None,
             progress: bool) -> None:
-    """Rate–distortion table (rd.json, rd.md) and plot (rd.png) on the tiles of DATA.
+    """Rate–distortion against classical codecs on IMAGES (codecs.json, codecs.md, rd.png).
 
-    DATA is a set written by 'microcae prepare'; its test split holds whole held-out images.
+    Every rate is a real file's size, headers included; each classical codec is run at its
+    best setting whose file is no larger than each microcae file, and at fixed bpp targets.
     """
-    from microcae.evaluation.rate_distortion import (
+    from microcae.data.images import find_images, read_micrograph
+    from microcae.evaluation.codec_comparison import (
+        BPP_TARGETS,
         CLASSICAL_CODECS,
-        markdown_table,
-        rate_distortion_on_set,
-        write_rate_distortion,
+        compare_codecs,
+        markdown_report,
+        write_comparison,
     )
-    from microcae.models.registry import load_model
+    from microcae.models.registry import BUNDLED, CODEC_LEVELS, load_model
 
-    rd_models = [(path.name.removesuffix(".safetensors"), load_model(path)) for path in rd_paths]
-    for path, (_, rd_model) in zip(rd_paths, rd_models, strict=True):
-        if rd_model.latent_coding != "entropy":
-            raise MicrocaeError(f"{path}: not a microcae RD model (--rd-model needs an "
-                                f"entropy-coded model kind, this is {rd_model.kind})")
-    if len({name for name, _ in rd_models}) != len(rd_models):
-        raise MicrocaeError("--rd-model files must have different names")
-    model = load_model(model_path)
-    report = rate_distortion_on_set(model, data, split, max_tiles,
-                                    codecs or tuple(CLASSICAL_CODECS), rd_models, progress)
-    write_rate_distortion(report, out_dir)
-    click.echo(markdown_table(report), nl=False)
+    names = models or (*[n for n in CODEC_LEVELS if n in BUNDLED and BUNDLED[n].is_file()],
+                       *DEFAULT_MODELS)
+    labels = [_model_name(name) for name in names]
+    if len(set(labels)) != len(labels):
+        raise MicrocaeError(f"--model values need different names, got {', '.join(labels)}")
+    loaded = [(label, load_model(name)) for label, name in zip(labels, names, strict=True)]
+    micrographs = [read_micrograph(path) for path in find_images(list(images))]
+    comparison = compare_codecs(micrographs, loaded, bpp_targets or BPP_TARGETS,
+                                codecs or tuple(CLASSICAL_CODECS), crop, progress)
+    write_comparison(comparison, out_dir)
+    click.echo(markdown_report(comparison), nl=False)

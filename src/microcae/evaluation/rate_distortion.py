@@ -1,4 +1,9 @@
-"""Rate–distortion of CAE latent files against JPEG, WebP and JPEG 2000 at matched bytes.
+"""Tile-level rate–distortion of CAE latent files against Pillow's JPEG, WebP and JPEG 2000.
+
+Whole-image comparisons with the strongest codecs (``microcae evaluate``) live in
+:mod:`microcae.evaluation.codec_comparison`; this module measures the study CAE's storage
+types (float32, float16, uint8, each with and without zstd) tile by tile, for the
+reproduction report.
 
 RD models (:mod:`microcae.rd`) are measured the same way: one entropy-coded latent file per
 tile, the classical codecs matched to its bytes tile by tile.
@@ -25,6 +30,7 @@ from tqdm import tqdm
 from microcae.codec import decode_bytes, encode_image
 from microcae.codec.quantise import LATENT_DTYPES
 from microcae.data.images import uint8_tile
+from microcae.evaluation.codec_comparison import highest_within
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
 from microcae.models.rdcae import RDCAE
@@ -91,36 +97,6 @@ def png_bytes(tile: np.ndarray) -> int:
     buffer = io.BytesIO()
     Image.fromarray(tile).save(buffer, format="PNG", optimize=True)
     return len(buffer.getvalue())
-
-
-def highest_within(size_at: Callable[[int], int], count: int, budget: int) -> int:
-    """Binary search for the highest setting index whose size is at most ``budget``.
-
-    Parameters
-    ----------
-    size_at
-        File size in bytes at setting index 0..count-1, assumed non-decreasing.
-    count
-        Number of settings.
-    budget
-        Largest acceptable size in bytes.
-
-    Returns
-    -------
-    int
-        The index, or 0 when even the lowest setting exceeds the budget. Calls ``size_at``
-        O(log count) times.
-    """
-    low, high = 0, count - 1
-    if size_at(low) > budget:
-        return low
-    while low < high:
-        middle = (low + high + 1) // 2
-        if size_at(middle) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 class _TileCache:

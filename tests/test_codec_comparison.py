@@ -1,0 +1,231 @@
+"""Whole-image codec comparison: byte-budget search, BD-rate, MS-SSIM, rates of real files, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_micrograph, write_png
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from microcae.cli import main
+from microcae.codec import decode_bytes, encode_image
+from microcae.data.images import to_uint8
+from microcae.evaluation.codec_comparison import (
+    CLASSICAL_CODECS,
+    CodecComparison,
+    CodecFiles,
+    _micrograph,
+    compare_codecs,
+    highest_within,
+    markdown_report,
+)
+from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_psnr, bd_rate, ms_ssim, ms_ssim_scales
+from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
+from microcae.models.registry import save_model
+from microcae.util.errors import MicrocaeError
+
+
+@pytest.fixture(scope="module")
+def codec() -> HyperpriorCodec:
+    torch.manual_seed(0)
+    model = HyperpriorCodec(HyperpriorConfig(N=8, M=12)).eval()
+    model.update()
+    return model
+
+
+@given(steps=st.lists(st.integers(0, 50), min_size=1, max_size=60), budget=st.integers(0, 2000))
+def test_binary_search_agrees_with_a_linear_scan(steps, budget):
+    sizes = np.cumsum(steps).tolist()
+    fitting = [i for i, size in enumerate(sizes) if size <= budget]
+    expected = fitting[-1] if fitting else 0
+    assert highest_within(lambda i: sizes[i], len(sizes), budget) == expected
+
+
+@pytest.mark.parametrize("name", list(CLASSICAL_CODECS))
+def test_the_budget_search_keeps_within_budget_and_the_next_setting_is_over(name):
+    pixels = synthetic_micrograph(48, 64, seed=3)
+    files = CodecFiles(CLASSICAL_CODECS[name], pixels)
+    smallest = len(files.file(0)[0])
+    for bpp in (0.5, 1.5, 3.0):
+        budget = int(bpp * pixels.size / 8)
+        index = files.best_within(budget)
+        if budget < smallest:
+            assert index == 0
+            continue
+        data = files.file(index)[0]
+        assert len(data) <= budget
+        assert data == CLASSICAL_CODECS[name].encode(pixels, files.codec.settings[index])
+        if index + 1 < len(files.codec.settings):
+            assert len(files.file(index + 1)[0]) > budget
+
+
+@pytest.mark.parametrize("name", list(CLASSICAL_CODECS))
+def test_each_codec_decodes_its_own_file_to_the_image_shape_and_nearly_the_pixels(name):
+    pixels = synthetic_micrograph(48, 64, seed=1)
+    codec = CLASSICAL_CODECS[name]
+    decoded = codec.decode(codec.encode(pixels, codec.settings[-1]))
+    assert decoded.shape == pixels.shape and decoded.dtype == np.uint8
+    # the best setting of every codec is within a few grey levels on average
+    assert np.abs(decoded.astype(int) - pixels).mean() < 4
+
+
+def test_bd_rate_of_a_curve_needing_half_the_rate_is_minus_50_percent():
+    psnr = np.array([28.0, 31.0, 34.0, 37.0, 40.0])
+    rate = np.exp(-3.0 + 0.12 * psnr - 0.0004 * psnr**3 / 10)  # a cubic in PSNR: exact fit
+    assert bd_rate(rate, psnr, 2 * rate, psnr) == pytest.approx(-50.0, abs=1e-9)
+    assert bd_rate(2 * rate, psnr, rate, psnr) == pytest.approx(100.0, abs=1e-9)
+    assert bd_rate(rate[2:3], psnr[2:3], 2 * rate, psnr) == pytest.approx(-50.0, abs=1e-9)
+
+
+def test_bd_rate_integrates_over_the_shared_psnr_interval_only():
+    # log r_a - log r_b = c (PSNR - 30): the mean over the shared interval [32, 38] is 5 c
+    c = 0.05
+    psnr_a, psnr_b = np.linspace(32, 44, 5), np.linspace(26, 38, 6)
+    rate_b = np.exp(0.1 * psnr_b - 2)
+    rate_a = np.exp(0.1 * psnr_a - 2 + c * (psnr_a - 30))
+    assert bd_rate(rate_a, psnr_a, rate_b, psnr_b) == pytest.approx(
+        100 * (np.exp(5 * c) - 1), abs=1e-9)
+    assert np.isnan(bd_rate(rate_a, psnr_a + 20, rate_b, psnr_b))
+
+
+def test_bd_psnr_of_a_curve_1_5_db_better_at_every_rate_is_1_5():
+    rate = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    psnr = 24 + 3 * np.log(rate) - 0.1 * np.log(rate) ** 3
+    assert bd_psnr(rate, psnr + 1.5, rate, psnr) == pytest.approx(1.5, abs=1e-9)
+    assert bd_psnr(rate[1:2], psnr[1:2] - 2, rate, psnr) == pytest.approx(-2.0, abs=1e-9)
+    # rates shifted by 2x and PSNR linear in log-rate with slope s: the gap is s * ln 2
+    line = 30 + 4 * np.log(rate)
+    assert bd_psnr(rate / 2, line, rate, line) == pytest.approx(4 * np.log(2), abs=1e-9)
+
+
+def _direct_ms_ssim(x: np.ndarray, y: np.ndarray, scales: int) -> float:
+    """Textbook MS-SSIM: explicit 11x11 Gaussian windows over every valid position."""
+    g = np.exp(-(np.arange(-5, 6) ** 2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
+    score = 1.0
+    for j in range(scales):
+        px, py = sliding_window_view(x, (11, 11)), sliding_window_view(y, (11, 11))
+        mx, my = (px * window).sum((2, 3)), (py * window).sum((2, 3))
+        vx = (px**2 * window).sum((2, 3)) - mx**2
+        vy = (py**2 * window).sum((2, 3)) - my**2
+        cxy = (px * py * window).sum((2, 3)) - mx * my
+        cs = (2 * cxy + c2) / (vx + vy + c2)
+        if j == scales - 1:
+            score *= np.mean((2 * mx * my + c1) / (mx**2 + my**2 + c1) * cs) ** weights[j]
+        else:
+            score *= np.mean(cs) ** weights[j]
+            h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+            x = x[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+            y = y[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    return float(score)
+
+
+def test_ms_ssim_matches_a_direct_computation_and_is_one_for_identical_images():
+    rng = np.random.default_rng(2)
+    x = synthetic_micrograph(50, 61, seed=2).astype(np.float64)
+    y = np.clip(x + rng.normal(0, 15, x.shape), 0, 255)
+    assert ms_ssim_scales(x.shape) == 3  # 50, 25, 12 px
+    assert ms_ssim(x, y) == pytest.approx(_direct_ms_ssim(x, y, 3), rel=1e-10)
+    assert ms_ssim(x, x) == 1.0
+    small = (x[:20, :20], y[:20, :20])
+    reference = structural_similarity(*small, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=255)
+    assert ms_ssim(*small) == pytest.approx(reference, rel=1e-10)
+    assert [ms_ssim_scales((s, 300)) for s in (11, 12, 191, 192)] == [0, 1, 4, 5]
+    with pytest.raises(ValueError, match="smaller than"):
+        ms_ssim(x[:11], y[:11])
+
+
+def test_every_row_rate_is_its_real_files_bits_per_pixel(codec, tiny_model):
+    pixels = synthetic_micrograph(40, 56, seed=7)
+    result = compare_codecs([("img", pixels)], [("hp", codec), ("cae", tiny_model)],
+                            bpp_targets=(0.5, 2.0), codecs=("jpeg", "jpeg2000"),
+                            progress=False)
+    assert len(result.rows) == 2 * (1 + 2) + 2 * 2
+    for row in result.rows:
+        assert row.bpp == 8 * row.bytes / pixels.size
+    own = {r.codec: r for r in result.rows if r.target == "own"}
+    for name, model in (("hp", codec), ("cae", tiny_model)):
+        data = encode_image(model, _micrograph("img", pixels))
+        assert own[name].bytes == len(data)
+        decoded = to_uint8(decode_bytes(model, data, "img").pixels)
+        mse = np.mean((decoded.astype(float) - pixels) ** 2)
+        assert own[name].psnr_db == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-12)
+    for row in result.rows:
+        if row.target.startswith("model:"):
+            assert row.bytes <= own[row.target[6:]].bytes or row.over_budget
+        elif row.target.startswith("bpp:"):
+            assert row.bytes <= float(row.target[4:]) * pixels.size / 8 or row.over_budget
+    jpeg = next(r for r in result.rows if r.codec == "jpeg" and r.target == "bpp:2")
+    data = CLASSICAL_CODECS["jpeg"].encode(pixels, float(jpeg.setting.split("=")[1]))
+    assert len(data) == jpeg.bytes
+    report = result.as_dict()
+    again = CodecComparison.from_dict(json.loads(json.dumps(report)))
+    assert again.rows == result.rows and again.models == result.models
+    with pytest.raises(MicrocaeError, match="model names in both comparisons: cae, hp"):
+        result.merged(again)
+    assert [r["model"] for r in report["bd_rate_percent"]] == ["hp", "cae"]
+    assert "whole images" in markdown_report(result)
+
+
+def test_a_centre_crop_is_measured_and_said_and_models_merge(tiny_model, codec):
+    pixels = synthetic_micrograph(40, 90, seed=8)
+    result = compare_codecs([("img", pixels)], [("cae", tiny_model)], bpp_targets=(1.0,),
+                            codecs=("jpeg",), crop=32, progress=False)
+    extra = compare_codecs([("img", pixels)], [("hp", codec)], bpp_targets=(),
+                           codecs=("jpeg",), crop=32, progress=False)
+    merged = extra.merged(result)
+    assert list(merged.models) == ["cae", "hp"] and len(merged.rows) == 2 + 1 + 2
+    with pytest.raises(MicrocaeError, match="same"):
+        extra.merged(compare_codecs([("img", pixels)], [], bpp_targets=(1.0,),
+                                    codecs=("jpeg",), progress=False))
+    assert result.images == [("img", 32, 32)]
+    (row,) = [r for r in result.rows if r.target == "bpp:1"]
+    centre = pixels[4:36, 29:61]
+    assert row.bytes == len(CLASSICAL_CODECS["jpeg"].encode(centre, float(row.setting[8:])))
+    assert "centre-cropped to at most 32×32 px" in markdown_report(result)
+
+
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("microcae: error: ")
+    return err[0]
+
+
+def test_evaluate_command_writes_json_markdown_and_plot(tmp_path, codec, capsys):
+    image = write_png(tmp_path / "raw" / "a.png", synthetic_micrograph(48, 80, seed=1))
+    save_model(codec, tmp_path / "hp.safetensors")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(image), "-o", str(out), "-m", str(tmp_path / "hp.safetensors"),
+                 "--codec", "webp", "--codec", "avif", "--bpp", "1", "--bpp", "2",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "codecs.json").read_text())
+    assert set(report["curves"]) == {"webp", "avif"} and list(report["models"]) == ["hp"]
+    assert [p["target_bpp"] for p in report["curves"]["avif"]] == [1.0, 2.0]
+    assert "| hp | **hp** |" in (out / "codecs.md").read_text()
+    with Image.open(out / "rd.png") as plot:
+        assert plot.size[0] > 500
+    assert "## Bjøntegaard delta rate" in capsys.readouterr().out
+
+
+def test_evaluate_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    image = write_png(tmp_path / "a.png", synthetic_micrograph(48, 48, seed=1))
+    out = tmp_path / "eval"
+    rc = main(["evaluate", str(image), "-o", str(out), "-m", str(tmp_path / "nope.safetensors")])
+    assert "nope.safetensors" in _one_line_error(capsys, rc)
+    rc = main(["evaluate", str(tmp_path / "missing.png"), "-o", str(out), "-m", "study"])
+    assert "missing.png" in _one_line_error(capsys, rc)
+    rc = main(["evaluate", str(image), "-o", str(out), "-m", "study", "-m", "study"])
+    assert "different names" in _one_line_error(capsys, rc)
+    rc = main(["evaluate", str(image), "-o", str(out), "--bpp", "0", "-m", "study"])
+    assert rc == 2 and "--bpp" in capsys.readouterr().err
+    assert not out.exists()
