@@ -392,8 +392,10 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
         adapter = stats_matched_adapter(owner_latents, run_batched(own.encoder, public[:, None]))
         return nn.Sequential(adapter, own.decoder)
 
-    own = run.trained("stats-match", CAE(owner.config),
-                      lambda: image_crops(public, batch, rng), steps, matched)
+    own = CAE(owner.config)  # trained as encoder -> decoder (its forward returns a dict)
+    run.trained("stats-match", nn.Sequential(own.encoder, own.decoder),
+                lambda: image_crops(public, batch, rng), steps, lambda _: matched(own))
+    own.eval()
     adapter = matched(own)[0]
     for k in leaks:
         leaked = leaked_pool[:k]
