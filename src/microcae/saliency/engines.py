@@ -301,7 +301,7 @@ def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | No
             seeds = seeds.reshape(-1, *out.shape[1:])
             if seeds.dim() == 4:
                 seeds = seeds.contiguous(memory_format=torch.channels_last)
-            r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
+            r2 += twin.squared_cotangent(state, seeds, 1)[0]
         return r2[None]
 
     return _each_image(one, x)

@@ -45,6 +45,10 @@ from microcae.util.errors import MicrocaeError
 Mode = Literal["auto", "tile", "whole"]
 WHOLE_PIXELS = 2**19
 """Pixels per band or strip window in ``"whole"`` mode (bounds memory; about 0.5 Mpx)."""
+MIN_BAND = 16
+"""Fewest latent rows per band (the window adds about 3 rows of receptive field to a band)."""
+MIN_CORE = 256
+"""Fewest pixel rows in a strip's core (the strip adds a halo above and below)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def _rows_per_window(canvas: _Canvas) -> int:
 def _by_strips(canvas: _Canvas, compute: Callable[[torch.Tensor], torch.Tensor],
                progress: bool, label: str) -> torch.Tensor:
     """Apply ``compute`` ((1, 1, h, Wp) -> (1, h, Wp)) strip by strip; keep each core."""
-    core = max(_rows_per_window(canvas) - 2 * canvas.halo, canvas.step)
+    core = max(_rows_per_window(canvas) - 2 * canvas.halo, MIN_CORE) // canvas.step * canvas.step
+    core = max(core, canvas.step)
     out = []
     for top, bottom, start, stop in tqdm(list(_strips(canvas, core)), desc=label, unit="strip",
                                          disable=not progress, leave=False):
@@ -166,7 +171,7 @@ def _by_bands(encoder: nn.Module, canvas: _Canvas, record: Method, progress: boo
     """Sum the squared derivatives of bands of latent rows, each on its units' window; sqrt."""
     first, last = canvas.footprint.rows.supports()  # pixel rows each latent row reads
     step, height = canvas.step, canvas.pixels.shape[0]
-    band = max(_rows_per_window(canvas) // step - 3, 1)
+    band = max(_rows_per_window(canvas) // step - 3, MIN_BAND)
     r2 = torch.zeros(canvas.pixels.shape, dtype=canvas.pixels.dtype)
     starts = range(0, len(first), band)
     for start in tqdm(starts, desc="bands", unit="band", disable=not progress, leave=False):
