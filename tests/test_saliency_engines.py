@@ -284,15 +284,17 @@ def test_literal_complex_step_can_stop_after_some_pixels():
     assert part.flatten()[20:].isnan().all()
 
 
-def test_latent_row_bands_add_up_to_the_squared_relevance():
+def test_blocks_of_latent_units_add_up_to_the_squared_relevance():
     from microcae.saliency.engines import reverse_squares
 
     encoder = narrow_cae(6)
     x = torch.rand(1, 1, 80, 48, dtype=torch.float64)
     bands = [range(0, 2), range(2, 3), range(3, 5)]  # the 5 latent rows, unevenly
-    parts = sum(reverse_squares(encoder, x, rows) for rows in bands)
+    columns = [range(0, 1), range(1, 3)]  # and the 3 latent columns
+    parts = sum(reverse_squares(encoder, x, rows, cols) for rows in bands for cols in columns)
     torch.testing.assert_close(parts, jacobian_norms(encoder, x) ** 2, rtol=1e-12, atol=0)
-    assert reverse_squares(encoder, x, range(0, 1))[0, 60:].abs().max() == 0  # out of reach
+    corner = reverse_squares(encoder, x, range(0, 1), range(0, 1))[0]
+    assert corner[60:].abs().max() == 0 and corner[:, 40:].abs().max() == 0  # out of reach
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

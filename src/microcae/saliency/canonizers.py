@@ -101,6 +101,13 @@ def _add_patches(canvas: torch.Tensor, columns: torch.Tensor, origin: tuple[int,
             target += columns[:, :, by : by + ny, bx : bx + nx].permute(0, 2, 1, 3, 4)
 
 
+def _squares(canvas: torch.Tensor, offset: tuple[int, int], size: tuple[int, int]
+             ) -> torch.Tensor:
+    """(N, Hc, Wc, K) canvases -> (N, H, W) sums of squares over K, cropped at ``offset``."""
+    crop = canvas[:, offset[0] : offset[0] + size[0], offset[1] : offset[1] + size[1]]
+    return crop.square().sum(dim=-1)
+
+
 def _pixel_cotangents(canvas: torch.Tensor, offset: tuple[int, int],
                       size: tuple[int, int]) -> torch.Tensor:
     """(N, Hc, Wc, K) canvases -> (N·K, 1, H, W) cotangents of the input, cropped at ``offset``."""
@@ -188,6 +195,16 @@ class InputConvPoolTwin(Twin):
 
     def cotangent(self, state: tuple, ct: torch.Tensor) -> torch.Tensor:
         """Per position, the transposed matrix times the channel cotangents, then col2im."""
+        canvas, offset, size = self._canvas(state, ct)
+        return _pixel_cotangents(canvas, offset, size)
+
+    def squared_cotangent(self, state: tuple, ct: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum of squares over the cotangents, per pixel, from the canvas: (N, H, W)."""
+        canvas, offset, size = self._canvas(state, ct)
+        return _squares(canvas, offset, size)
+
+    def _canvas(self, state: tuple, ct: torch.Tensor) -> tuple[torch.Tensor, tuple, tuple]:
+        """(N, Hc, Wc, K) pulled-back cotangents, crop offset and input size."""
         conv_state, pool_state, cache = state
         if ct.dtype not in cache:
             cache[ct.dtype] = self.window_matrices(pool_state, ct.dtype)
@@ -202,7 +219,7 @@ class InputConvPoolTwin(Twin):
             block = _cotangents_last(ct[sample * k : (sample + 1) * k])
             columns = torch.bmm(matrices[sample].view(fy * fx, h * w, c).transpose(0, 1), block)
             _add_patches(canvas[sample], columns.view(h, w, fy, fx, k), (0, 0), stride)
-        return _pixel_cotangents(canvas, pad, (height, width))
+        return canvas, pad, (height, width)
 
 
 class InputTwoStageTwin(Twin):
@@ -359,6 +376,16 @@ class InputTwoStageTwin(Twin):
 
     def cotangent(self, state: tuple, ct: torch.Tensor) -> torch.Tensor:
         """Per pooled-2 position, the patch Jacobians times the channel cotangents, then col2im."""
+        canvas, offset, size = self._canvas(state, ct)
+        return _pixel_cotangents(canvas, offset, size)
+
+    def squared_cotangent(self, state: tuple, ct: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum of squares over the cotangents, per pixel, from the canvas: (N, H, W)."""
+        canvas, offset, size = self._canvas(state, ct)
+        return _squares(canvas, offset, size)
+
+    def _canvas(self, state: tuple, ct: torch.Tensor) -> tuple[torch.Tensor, tuple, tuple]:
+        """(N, Hc, Wc, K) pulled-back cotangents, crop offset and input size."""
         geo = self._geometry()
         (gy, gx), stride, offset = geo["g"], geo["stride"], geo["offset"]
         height, width = state[0][0][2:]
@@ -368,16 +395,17 @@ class InputTwoStageTwin(Twin):
                          (offset[0] + height, offset[1] + width), ct)
         for sample in range(n):
             batch = ct[sample * k : (sample + 1) * k]
+            reached = batch.ne(0).any(dim=0).any(dim=0)  # (h2, w2): positions with cotangents
             for rows, cols in self._blocks(state):
-                sub = batch[:, :, rows, cols].permute(2, 3, 1, 0)  # (r, w, C2, K)
-                if not sub.any():  # no seeded unit reaches this block (mapping in bands)
+                if not reached[rows, cols].any():  # no seeded unit reaches it (bands)
                     continue
+                sub = batch[:, :, rows, cols].permute(2, 3, 1, 0)  # (r, w, C2, K)
                 patches, live = self._block_patches(state, ct.dtype, sample, rows, cols)
                 block = sub.index_select(2, live).reshape(-1, len(live), k)
                 columns = torch.bmm(patches, block).view(*sub.shape[:2], gy, gx, k)
                 _add_patches(canvas[sample], columns,
                              (rows.start * stride[0], cols.start * stride[1]), stride)
-        return _pixel_cotangents(canvas, offset, (height, width))
+        return canvas, offset, (height, width)
 
 
 def canonize(twins: list[Twin]) -> list[Twin]:

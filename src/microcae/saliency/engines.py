@@ -253,23 +253,23 @@ def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
 
 @torch.no_grad()
 def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | None = None,
-                    precision: str | None = None, chunk: int | None = None,
-                    progress: bool = False) -> torch.Tensor:
-    """Sum of squared derivatives of the latent units in ``latent_rows``, per pixel (reverse mode).
+                    latent_cols: range | None = None, precision: str | None = None,
+                    chunk: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Sum of squared derivatives of a block of latent units, per pixel (reverse mode).
 
     One real pass records the linearisation (ReLU masks, max-pool winners); batches of
     cotangents are then pulled back through the transposed layers. In one cotangent class no two
     seeded units see the same pixel, so each pixel's squared gradient is exactly one unit's
-    squared derivative, and summing over the classes gives the sum over units. With every row,
-    this is r²; over a partition of the latent rows the parts add up to r² (how whole
-    micrographs are mapped in bands, each unit pulled back once).
+    squared derivative, and summing over the classes gives the sum over units. With every unit,
+    this is r²; over a partition of the latent grid the parts add up to r² (how whole
+    micrographs are mapped in windows, each unit pulled back once).
 
     Parameters
     ----------
     encoder, x, precision, progress
         As :func:`complex_step_naive`.
-    latent_rows
-        Rows of the latent grid whose units are seeded (all if None).
+    latent_rows, latent_cols
+        Rows and columns of the latent grid whose units are seeded (all if None).
     chunk
         Cotangents pulled back together; default: as many as fit :data:`BATCH_BYTES` (for
         a 256² tile of the study encoder, all 72 in one batch).
@@ -288,9 +288,12 @@ def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | No
         out, state = twin.real(image)
         latent = (out.numel(), 1, 1) if footprint.flat else tuple(out.shape[1:])
         rows = range(latent[1]) if latent_rows is None or footprint.flat else latent_rows
-        phases = {r % periods[0] for r in rows}  # row phases of the seeded units
+        cols = range(latent[2]) if latent_cols is None or footprint.flat else latent_cols
+        phases = {(r % periods[0], c % periods[1]) for r in rows[: periods[0]]
+                  for c in cols[: periods[1]]}  # phases of the seeded units
         spatial = periods[0] * periods[1]
-        classes = [c for c in range(spatial * latent[0]) if (c % spatial) // periods[1] in phases]
+        classes = [c for c in range(spatial * latent[0]) if divmod(c % spatial, periods[1])
+                   in phases]
         size = _reverse_chunk(chunk, twin, state, image, out, len(classes))
         r2 = torch.zeros(image.shape[2:], dtype=image.dtype, device=image.device)
         for start in _chunks(len(classes), size, "vjp passes", progress):
@@ -298,10 +301,12 @@ def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | No
                                    image.device)
             seeds[:, :, : rows.start] = 0
             seeds[:, :, rows.stop :] = 0
+            seeds[:, :, :, : cols.start] = 0
+            seeds[:, :, :, cols.stop :] = 0
             seeds = seeds.reshape(-1, *out.shape[1:])
             if seeds.dim() == 4:
                 seeds = seeds.contiguous(memory_format=torch.channels_last)
-            r2 += twin.cotangent(state, seeds).pow(2).sum(dim=(0, 1))
+            r2 += twin.squared_cotangent(state, seeds, 1)[0]
         return r2[None]
 
     return _each_image(one, x)
@@ -328,7 +333,7 @@ def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
     torch.Tensor
         (N, H, W) relevance, real dtype of ``precision``, on ``x``'s device.
     """
-    return reverse_squares(encoder, x, None, precision, chunk, progress).sqrt()
+    return reverse_squares(encoder, x, None, None, precision, chunk, progress).sqrt()
 
 
 def _reverse_chunk(chunk: int | None, twin: Twin, state: Any, image: torch.Tensor,

@@ -53,13 +53,13 @@ def kink_pixels(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     layers = leaves(encoder)
     n, _, height, width = x.shape
     marks = np.zeros((n, height + 1, width + 1), dtype=np.int64)
-    value, previous = x, None
+    value, previous = x.contiguous(memory_format=torch.channels_last), None  # fast pools
     for position, (path, layer) in enumerate(layers):
-        rule = layer_kind(layer, path).kinks
-        found = rule(layer, value, previous) if rule is not None else None
+        rule, output = layer_kind(layer, path).kinks, layer(value)
+        found = rule(layer, value, output, previous) if rule is not None else None
         if found is not None and found[0].any():
             where, on_output = found
             prefix = nn.Sequential(*[module for _, module in layers[:position + on_output]])
             _mark(marks, prefix, x, where)
-        previous, value = layer, layer(value)
+        previous, value = layer, output
     return torch.from_numpy(marks.cumsum(1).cumsum(2)[:, :height, :width] > 0)

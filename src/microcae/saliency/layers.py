@@ -41,8 +41,9 @@ from microcae.util.errors import MicrocaeError
 
 Reach = Callable[[nn.Module, int, int, int], tuple[np.ndarray, np.ndarray]]
 """``reach(layer, axis, n_in, n_out) -> (lo, hi)``: input index i influences ``lo[i]..hi[i]``."""
-Kinks = Callable[[nn.Module, torch.Tensor, "nn.Module | None"], "tuple[torch.Tensor, bool] | None"]
-"""``kinks(layer, value, previous_layer) -> (where, on_output)`` or None.
+Kinks = Callable[[nn.Module, torch.Tensor, torch.Tensor, "nn.Module | None"],
+                 "tuple[torch.Tensor, bool] | None"]
+"""``kinks(layer, value, output, previous_layer) -> (where, on_output)`` or None.
 
 ``where`` is bool, (N, h, w) over the positions of the layer's input (``on_output`` False) or
 output (True) whose derivative is one-sided, or (N,) for a non-spatial value (then every pixel).
@@ -118,7 +119,7 @@ def upsample_reach(layer: nn.Module, axis: int, n_in: int,
     return lo, hi
 
 
-def zero_input_kinks(layer: nn.Module, value: torch.Tensor,
+def zero_input_kinks(layer: nn.Module, value: torch.Tensor, output: torch.Tensor,
                      previous: nn.Module | None) -> tuple[torch.Tensor, bool] | None:
     """ReLU, LeakyReLU, ELU with α ≠ 1: kinked where the input is exactly 0 (any channel)."""
     if isinstance(layer, nn.ELU) and layer.alpha == 1.0:
@@ -129,24 +130,35 @@ def zero_input_kinks(layer: nn.Module, value: torch.Tensor,
     return zero.flatten(1).any(dim=1), False
 
 
-def tied_window_kinks(pool: nn.Module, value: torch.Tensor,
+def tied_window_kinks(pool: nn.Module, value: torch.Tensor, best: torch.Tensor,
                       previous: nn.Module | None) -> tuple[torch.Tensor, bool]:
     """MaxPool2d: output positions whose window maximum is attained more than once.
 
     Windows of zeros right after a ReLU are smooth (each zero comes from a strictly negative
-    input, whose derivative is 0 from both sides) and are not counted.
+    input, whose derivative is 0 from both sides) and are not counted. Non-overlapping windows
+    are counted with pooling ops (channels-last friendly); others through ``unfold``.
     """
-    kernel, stride = pool.kernel_size, pool.stride or pool.kernel_size
-    rows, cols = (pool.padding, pool.padding) if isinstance(pool.padding, int) else pool.padding
-    padded = nn.functional.pad(value, (cols, cols, rows, rows), value=-torch.inf)
-    windows = nn.functional.unfold(padded, kernel, pool.dilation, 0, stride)
-    windows = windows.view(value.shape[0], value.shape[1], -1, windows.shape[-1])
-    best = windows.max(dim=2, keepdim=True).values
-    tied = (windows == best).sum(dim=2) > 1
+    kernel, stride = _pair2(pool.kernel_size), _pair2(pool.stride or pool.kernel_size)
+    if stride == kernel and _pair2(pool.padding) == (0, 0) and _pair2(pool.dilation) == (1, 1) \
+            and not pool.ceil_mode:
+        (n, c, h, w), (ky, kx) = best.shape, kernel
+        windows = value[:, :, : h * ky, : w * kx].permute(0, 2, 3, 1).reshape(n, h, ky, w, kx, c)
+        hits = windows == best.permute(0, 2, 3, 1).reshape(n, h, 1, w, 1, c)
+        tied = (hits.sum(dim=(2, 4)) > 1).permute(0, 3, 1, 2)
+    else:
+        rows, cols = _pair2(pool.padding)
+        padded = nn.functional.pad(value, (cols, cols, rows, rows), value=-torch.inf)
+        windows = nn.functional.unfold(padded, kernel, pool.dilation, 0, stride)
+        windows = windows.view(value.shape[0], value.shape[1], -1, windows.shape[-1])
+        tied = ((windows == windows.max(dim=2, keepdim=True).values).sum(dim=2) > 1
+                ).view(best.shape)
     if isinstance(previous, nn.ReLU):
-        tied &= best[:, :, 0] != 0
-    out = pool(value)
-    return tied.any(dim=1).view(value.shape[0], *out.shape[2:]), True
+        tied &= best != 0
+    return tied.any(dim=1), True
+
+
+def _pair2(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def _eval_only(layer: nn.Module) -> str | None:

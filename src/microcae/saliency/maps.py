@@ -7,19 +7,19 @@ Modes:
   computed; the maps are put back together and cropped to the image.
 - ``"whole"``: the relevance for the latent of the *whole* image (padded to a multiple of the
   latent stride), without tiles. The encoder is fully convolutional, so this is exact in
-  pieces. Engines that pull back latent units (``vjp``) map the image in bands of latent rows:
-  each band's window holds the receptive fields of its units, each unit is pulled back once,
-  and the bands' squared derivatives add up to r². Other local engines map full-width strips of
-  pixel rows with a halo wider than the farthest reach of any unit a core pixel feeds.
+  pieces. Engines that pull back latent units (``vjp``) map the image in blocks of latent
+  units: each block's window holds the receptive fields of its units, each unit is pulled back
+  once, and the blocks' squared derivatives add up to r². Other local engines map windows of
+  pixels with a halo wider than the farthest reach of any unit a core pixel feeds.
 - ``"auto"`` (the default): ``"whole"`` for images larger than a tile (with a local method),
   else ``"tile"``.
 
-Memory is that of one tile, band or strip at a time (:data:`WHOLE_PIXELS` pixels per window).
+Memory is that of one tile or window at a time (about :data:`WHOLE_PIXELS` pixels per window).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,6 +45,11 @@ from microcae.util.errors import MicrocaeError
 Mode = Literal["auto", "tile", "whole"]
 WHOLE_PIXELS = 2**19
 """Pixels per band or strip window in ``"whole"`` mode (bounds memory; about 0.5 Mpx)."""
+MIN_BAND = 16
+"""Fewest latent rows (and columns) per block of units (its window adds about 3 of receptive
+field)."""
+MIN_CORE = 256
+"""Fewest pixel rows (and columns) in a window's core (the window adds a halo around it)."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,6 @@ class _Canvas:
     step: int
     halo: int
 
-    def window(self, top: int, bottom: int) -> torch.Tensor:
-        """(1, 1, bottom − top, Wp): full-width rows ``top:bottom``."""
-        return self.pixels[top:bottom][None, None]
-
 
 def latent_stride(encoder: nn.Module, probe: int = 1024) -> int:
     """Pixel stride of the encoder's latent grid (16 for the study), from a meta-tensor probe.
@@ -136,46 +137,75 @@ def _canvas(encoder: nn.Module, pixels: np.ndarray) -> _Canvas:
     return _Canvas(tensor, footprint, step, halo)
 
 
-def _strips(canvas: _Canvas, core: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (top, bottom, core_top, core_bottom) of full-width strips with halos."""
-    height = canvas.pixels.shape[0]
-    for start in range(0, height, core):
-        stop = min(start + core, height)
-        yield max(start - canvas.halo, 0), min(stop + canvas.halo, height), start, stop
+def _sides(canvas: _Canvas, margin: int, least: int) -> tuple[int, int]:
+    """Core (rows, cols) of windows of about :data:`WHOLE_PIXELS` with ``margin`` px around.
+
+    Cores are multiples of the latent stride and at least ``least`` (capped at the image);
+    narrow images get full-width windows.
+    """
+    step = canvas.step
+    height, width = canvas.pixels.shape
+
+    def fit(size: float, limit: int) -> int:
+        core = max(int(size) - margin, least) // step * step
+        return min(max(core, step), limit)
+
+    cols = fit(WHOLE_PIXELS**0.5, width)
+    if cols + margin >= width:  # the whole width fits
+        cols = width
+    rows = fit(WHOLE_PIXELS / min(cols + margin, width), height)
+    return rows, cols
 
 
-def _rows_per_window(canvas: _Canvas) -> int:
-    """Pixel rows per window for :data:`WHOLE_PIXELS`, a multiple of the latent stride."""
-    rows = WHOLE_PIXELS // canvas.pixels.shape[1] // canvas.step * canvas.step
-    return max(rows, canvas.step)
+def _by_windows(canvas: _Canvas, compute: Callable[[torch.Tensor], torch.Tensor],
+                progress: bool, label: str) -> torch.Tensor:
+    """Apply ``compute`` ((1, 1, h, w) -> (1, h, w)) on windows with halos; keep each core."""
+    halo, (height, width) = canvas.halo, canvas.pixels.shape
+    rows, cols = _sides(canvas, 2 * halo, MIN_CORE)
+    out = torch.empty(canvas.pixels.shape, dtype=canvas.pixels.dtype)
+    cores = [(y, x) for y in range(0, height, rows) for x in range(0, width, cols)]
+    for y, x in tqdm(cores, desc=label, unit="window", disable=not progress, leave=False):
+        top, left = max(y - halo, 0), max(x - halo, 0)
+        bottom, right = min(y + rows + halo, height), min(x + cols + halo, width)
+        window = canvas.pixels[top:bottom, left:right][None, None]
+        core = compute(window)[0, y - top : min(y + rows, height) - top,
+                               x - left : min(x + cols, width) - left]
+        out[y : y + rows, x : x + cols] = core.cpu()
+    return out
 
 
-def _by_strips(canvas: _Canvas, compute: Callable[[torch.Tensor], torch.Tensor],
-               progress: bool, label: str) -> torch.Tensor:
-    """Apply ``compute`` ((1, 1, h, Wp) -> (1, h, Wp)) strip by strip; keep each core."""
-    core = max(_rows_per_window(canvas) - 2 * canvas.halo, canvas.step)
-    out = []
-    for top, bottom, start, stop in tqdm(list(_strips(canvas, core)), desc=label, unit="strip",
-                                         disable=not progress, leave=False):
-        out.append(compute(canvas.window(top, bottom))[0, start - top : stop - top].cpu())
-    return torch.cat(out)
+def _unit_window(first: np.ndarray, last: np.ndarray, units: range, step: int,
+                 size: int) -> tuple[int, int]:
+    """Pixel range (aligned to the latent grid) that the latent ``units`` of one axis read."""
+    low = int(first[units.start : units.stop].min()) // step * step
+    high = min(-(-(int(last[units.start : units.stop].max()) + 1) // step) * step, size)
+    return low, high
 
 
-def _by_bands(encoder: nn.Module, canvas: _Canvas, record: Method, progress: bool,
+def _by_units(encoder: nn.Module, canvas: _Canvas, record: Method, progress: bool,
               options: dict[str, Any]) -> torch.Tensor:
-    """Sum the squared derivatives of bands of latent rows, each on its units' window; sqrt."""
-    first, last = canvas.footprint.rows.supports()  # pixel rows each latent row reads
-    step, height = canvas.step, canvas.pixels.shape[0]
-    band = max(_rows_per_window(canvas) // step - 3, 1)
+    """Sum the squared derivatives of blocks of latent units, each on its units' window; sqrt.
+
+    Each block's window holds its units' receptive fields (aligned to the latent grid); only the
+    block's units are seeded, so every unit is pulled back once and the parts add up to r².
+    """
+    step, (height, width) = canvas.step, canvas.pixels.shape
+    first_r, last_r = canvas.footprint.rows.supports()  # pixel rows each latent row reads
+    first_c, last_c = canvas.footprint.cols.supports()
+    margin = 3 * step  # receptive field beyond a block, about (46 - 16) px rounded up
+    rows, cols = (n // step for n in _sides(canvas, margin, MIN_BAND * step))
     r2 = torch.zeros(canvas.pixels.shape, dtype=canvas.pixels.dtype)
-    starts = range(0, len(first), band)
-    for start in tqdm(starts, desc="bands", unit="band", disable=not progress, leave=False):
-        stop = min(start + band, len(first))
-        top = int(first[start:stop].min()) // step * step
-        bottom = min(-(-(int(last[start:stop].max()) + 1) // step) * step, height)
-        rows = range(start - top // step, stop - top // step)
-        r2[top:bottom] += record.by_units(encoder, canvas.window(top, bottom), rows,
-                                          **options)[0].cpu()
+    blocks = [(range(u, min(u + rows, len(first_r))), range(v, min(v + cols, len(first_c))))
+              for u in range(0, len(first_r), rows) for v in range(0, len(first_c), cols)]
+    for unit_rows, unit_cols in tqdm(blocks, desc="unit blocks", unit="block",
+                                     disable=not progress, leave=False):
+        top, bottom = _unit_window(first_r, last_r, unit_rows, step, height)
+        left, right = _unit_window(first_c, last_c, unit_cols, step, width)
+        local = (range(unit_rows.start - top // step, unit_rows.stop - top // step),
+                 range(unit_cols.start - left // step, unit_cols.stop - left // step))
+        window = canvas.pixels[top:bottom, left:right][None, None]
+        r2[top:bottom, left:right] += record.by_units(encoder, window, *local,
+                                                      **options)[0].cpu()
     return r2.sqrt()
 
 
@@ -188,11 +218,12 @@ def _whole(encoder: nn.Module, pixels: np.ndarray, method: str, progress: bool,
     canvas = _canvas(encoder, pixels)
     height, width = pixels.shape
     if record.by_units is not None:
-        maps = _by_bands(encoder, canvas, record, progress, options)
+        maps = _by_units(encoder, canvas, record, progress, options)
     else:
-        maps = _by_strips(canvas, lambda x: record.function(encoder, x, **options), progress,
-                          "strips")
-    kinks = _by_strips(canvas, lambda x: kink_pixels(encoder, x), progress, "kink strips")
+        maps = _by_windows(canvas, lambda x: record.function(encoder, x, **options), progress,
+                           "windows")
+    kinks = _by_windows(canvas, lambda x: kink_pixels(encoder, x).to(x.dtype), progress,
+                        "kink windows") > 0
     return MicrographRelevance(maps[:height, :width].float().numpy(),
                                int(kinks[:height, :width].sum()), "whole")
 
@@ -231,11 +262,11 @@ def micrograph_relevance(encoder: nn.Module, pixels: np.ndarray, method: str = S
         study's relevance by the fastest exact engine.
     mode
         ``"tile"``: per ``tile`` × ``tile`` tile as in the study; ``"whole"``: the whole image's
-        latent, exact, in bands or strips; ``"auto"``: whole for images larger than a tile.
+        latent, exact, in windows; ``"auto"``: whole for images larger than a tile.
     tile
         Tile side in pixels (tile mode), a multiple of the latent stride (16 for the study).
     progress
-        Show a progress bar over tiles, bands or strips.
+        Show a progress bar over tiles or windows.
     **options
         Passed to the method (e.g. ``chunk``, ``precision``).
 

@@ -60,9 +60,10 @@ class Method:
     conservation
         Check of a quantity the method conserves (LRP: the latent sum), or None.
     by_units
-        ``by_units(encoder, x, latent_rows, **options) -> (N, H, W)``: the part of r² that the
-        latent units of ``latent_rows`` contribute, or None. The parts of a partition of the
-        rows add up to r², so whole images can be mapped band by band, each unit once.
+        ``by_units(encoder, x, latent_rows, latent_cols, **options) -> (N, H, W)``: the part of
+        r² that the latent units of that block contribute, or None. The parts of a partition of
+        the latent grid add up to r², so whole images can be mapped window by window, each unit
+        once.
     """
 
     name: str

@@ -75,6 +75,13 @@ class Twin(nn.Module):
         """Values held per cotangent while :meth:`cotangent` runs (sizes per real sample)."""
         return values_in + values_out
 
+    def squared_cotangent(self, state: Any, ct: torch.Tensor, n: int) -> torch.Tensor:
+        """Sum of squares of the pulled-back cotangents over K and channels: (N, *in spatial).
+
+        ``n`` is the number of real samples (``ct`` holds K = ``len(ct) // n`` per sample).
+        """
+        return per_sample(self.cotangent(state, ct), n).pow(2).sum(dim=(1, 2))
+
     def forward(self, z: Pair) -> Pair:
         """Complex pass: ``(re, im) -> (layer(re), imaginary part of the complex layer)``."""
         out, state = self.real(z[0])
@@ -332,6 +339,13 @@ class SequentialTwin(Twin):
         for twin, inner in zip(reversed(self.twins), reversed(state[0]), strict=True):
             ct = twin.cotangent(inner, ct)
         return ct
+
+    def squared_cotangent(self, state: tuple[list, list], ct: torch.Tensor,
+                          n: int) -> torch.Tensor:
+        """Pull back through all children but the first, then the first's sum of squares."""
+        for twin, inner in zip(reversed(self.twins[1:]), reversed(state[0][1:]), strict=True):
+            ct = twin.cotangent(inner, ct)
+        return self.twins[0].squared_cotangent(state[0][0], ct, n)
 
     def workspace(self, state: tuple[list, list], values_in: int = 0,
                   values_out: int = 0) -> int:
