@@ -33,19 +33,17 @@ from microcae.metrics import faithfulness, microstructure, sanity, stability
 from microcae.metrics.metric import Metric
 from microcae.models.cae import CAE
 from microcae.saliency import METHODS, relevance
-from microcae.saliency.baselines import lrp_conservation
-from microcae.saliency.registry import names
+from microcae.saliency.registry import STUDY_METHOD, names
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
 from microcae.util.table_writer import Column, Table, json_text
 
-CONTROLS = ("sobel-edges", "random")
+CONTROLS = names("control")
 """Model-free control maps, measured like methods."""
-PREFERRED_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta", "gradient",
-                     "integrated-gradients")
+PREFERRED_METHODS = (STUDY_METHOD, *names("baseline"))
 """Relevance methods compared by default (those registered in METHODS)."""
-FIGURE_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta")
+FIGURE_METHODS = names(study=True)
 """Panels of the study's Fig. 11 after the input."""
 EXACT_ENGINES = names("engine", exact=True)
 """Engines that compute the complex-step relevance exactly; the first is the default (fastest
@@ -301,8 +299,9 @@ def _measure_tiles(
     rho = (sanity.randomisation_test(map_fn, model.encoder, x, seed).rho if sanity_check
            else np.full((x.shape[0], 1), np.nan))
     steady = stability.noise_stability(map_fn, model.encoder, x, maps, seed=seed)
-    conservation = (lrp_conservation(model.encoder, x, maps.to(x.dtype)).numpy()
-                    if method.startswith("lrp-") else nan)
+    check = METHODS[method].conservation if method in METHODS else None
+    conservation = (check(model.encoder, x, maps.to(x.dtype)).numpy() if check is not None
+                    else nan)
     for n, row in enumerate(rows):
         row.update({name: float(area[n]) for name, area in areas.items()})
         row.update(sanity_rho_top=float(rho[n, 0]), sanity_rho_all=float(rho[n, -1]),

@@ -21,6 +21,7 @@ from microcae.evaluation.reproduction.results import (
     SaliencyEstimates,
     StorageRow,
 )
+from microcae.saliency.registry import names
 
 STUDY_PARAMETERS = 50_353
 STUDY_LATENT = (8, 16, 16)
@@ -38,7 +39,7 @@ CHANCE = 0.5
 """AUROC of a map that does not prefer the region; the interval must exclude it."""
 FIDELITY_REFERENCE = "jpeg2000"
 """The codec the CAE must not lose to at the same bytes for "without loss of information"."""
-BASELINES = ("gbp", "lrp-w2", "lrp-zbeta")
+BASELINES = names("baseline", study=True)
 
 Verdict = str
 
