@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench report clean
+.PHONY: setup demo test test-slow lint bench report clean
 
 $(BIN)/microcae: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,11 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 
-# The fast suite, then the tests marked slow; each run lists its 15 slowest tests.
+# The fast suite (CI), listing its 15 slowest tests; `make test-slow` runs the tests marked slow.
 test: setup lint
 	$(BIN)/pytest -q --durations=15
+
+test-slow: setup
 	$(BIN)/pytest -q -m slow --durations=15
 
 # The reproduction report (docs/REPRODUCTION.md) from the shared micrographs beside the repo.
