@@ -126,19 +126,19 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     numbers = json.loads((out / "reproduction" / "report.json").read_text())
     assert [c["verdict"] for c in numbers["claims"]][:2] == ["holds", "holds"]
-    assert len(numbers["claims"]) == 8 and "CAE size" in printed
+    assert len(numbers["claims"]) == 9 and "CAE size" in printed  # 8 + "without loss" (issue 14)
     model = load_model()
     assert sum(p.numel() for p in model.parameters()) == claims.STUDY_PARAMETERS
     prepared = prepare_dataset([SAMPLES], tmp_path / "set", progress=False)
     test = np.asarray(prepared.tiles[prepared.indices("test")], dtype=np.float32)
     with torch.no_grad():
-        rebuilt = model(torch.from_numpy(test)[:, None])[:, 0].numpy()
+        rebuilt = model(torch.from_numpy(test)[:, None])["x_hat"][:, 0].numpy()
     expected_mse = float(np.mean((rebuilt - test) ** 2))
     assert numbers["reconstruction"]["test_mse"] == pytest.approx(expected_mse, rel=1e-5)
     assert numbers["data"]["test_tiles"] == len(test)
     assert numbers["exactness"]["max_rel_diff_literal_vs_autograd"] < 1e-12
     uint8 = next(r for r in numbers["storage"] if r["label"] == "uint8")
-    assert uint8["ratio"] == pytest.approx(256 * 256 / uint8["bytes"])
+    assert uint8["ratio"]["value"] == pytest.approx(256 * 256 / uint8["bytes"])
     assert 2048 < uint8["bytes"] < 2048 * 1.1  # one byte per latent value plus the header
     text = (out / "REPRODUCTION.md").read_text()
     assert "Quick mode" in text
@@ -312,7 +312,7 @@ def test_quick_report_with_steel_models_and_readme(steel_case, tmp_path, capsys,
         tiles = [t["index"] for t in data.manifest["tiles"] if t["source"] == source]
         x = torch.from_numpy(np.asarray(data.tiles[tiles]))[:, None]
         with torch.no_grad():
-            rebuilt = models.fold(source).model(x)
+            rebuilt = models.fold(source).model(x)["x_hat"]
         errors += ((rebuilt - x) ** 2).mean(dim=(1, 2, 3)).tolist()
     held_out = next(m for m in numbers["mse"] if "split by image" in m["label"]
                     and m["label"].startswith("steel"))

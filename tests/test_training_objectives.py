@@ -243,7 +243,8 @@ def test_lambda_must_be_finite_and_positive():
 
 def test_the_architecture_registry_is_the_command_lines_choice():
     arch = next(p for p in train_command.params if p.name == "arch")
-    assert list(arch.type.choices) == list(ARCHITECTURES) == ["study", "rd-study", "rd-wide"]
+    assert list(arch.type.choices) == list(ARCHITECTURES) == ["study", "rd-study", "rd-wide",
+                                                              "codec"]
     assert isinstance(ARCHITECTURES["study"].objective(), MSEObjective)
     with pytest.raises(MicrocaeError, match="coding architectures only"):
         ARCHITECTURES["study"].objective(0.1)

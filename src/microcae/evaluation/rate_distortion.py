@@ -228,7 +228,7 @@ def rate_distortion(
             for d, z, k in matched
         ],
         "rd": [{"model": name, "fingerprint": rd_model.fingerprint(),
-                "channels": list(rd_model.config.channels), **_mean(rd_rows[name])}
+                "channels": list(rd_model.config.cae.channels), **_mean(rd_rows[name])}
                for name, rd_model in rd_models],
         "rd_matched": [{"model": n, "codec": k, "over_budget_tiles": rd_over[(n, k)],
                         **_mean(rd_matched[(n, k)])} for n, k in rd_matched],

@@ -292,7 +292,7 @@ def _fig10(model: CAE, data: PreparedSet) -> tuple[Figure, list[str]]:
     picked = {group: indices[len(indices) // 2]
               for group, indices in list(by_group.items())[:FIG10_COLUMNS]}
     tiles = round_to_8bit(data.tiles[list(picked.values())])
-    rebuilt = run_batched(model, tiles[:, None])[:, 0]
+    rebuilt = run_batched(torch.nn.Sequential(model.encoder, model.decoder), tiles[:, None])[:, 0]
     captions = []
     for original, result in zip(tiles, rebuilt, strict=True):
         score = reconstruction_scores(original, round_to_8bit(result))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from microcae.codec import encode_image
 from microcae.data.dataset import PreparedSet
@@ -36,6 +37,11 @@ EVERY_TILE_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta", "sobel-edges
 """Methods and controls mapped on every tile of the study-like micrographs."""
 
 
+
+def _autoencoder(model: CAE) -> nn.Module:
+    """Return ``encoder`` then ``decoder`` as one module (tiles to reconstructions)."""
+    return nn.Sequential(model.encoder, model.decoder)
+
 def tile_sources(data: PreparedSet) -> np.ndarray:
     """(T,) source file (relative, as in the manifest) of every tile of ``data``."""
     return np.array([t["source"] for t in data.manifest["tiles"]])
@@ -46,7 +52,7 @@ def per_tile_mse(model: CAE, data: PreparedSet, indices: np.ndarray) -> np.ndarr
     tiles = np.ascontiguousarray(data.tiles[indices], dtype=np.float32)
     if len(tiles) == 0:
         return np.zeros(0)
-    rebuilt = run_batched(model, tiles[:, None])[:, 0]
+    rebuilt = run_batched(_autoencoder(model), tiles[:, None])[:, 0]
     return ((rebuilt.astype(np.float64) - tiles) ** 2).mean(axis=(1, 2))
 
 
@@ -65,7 +71,7 @@ def general_reconstruction(model: CAE, data: PreparedSet
     errors = {split: per_tile_mse(model, data, idx) for split, idx in (("train", train),
                                                                        ("test", test))}
     tiles = round_to_8bit(data.tiles[test])
-    rebuilt = round_to_8bit(run_batched(model, tiles[:, None])[:, 0])
+    rebuilt = round_to_8bit(run_batched(_autoencoder(model), tiles[:, None])[:, 0])
     rows = [reconstruction_scores(o, r) for o, r in zip(tiles, rebuilt, strict=True)]
     summary = ReconstructionSummary(
         float(errors["train"].mean()) if len(train) else float("nan"),
