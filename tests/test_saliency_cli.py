@@ -76,7 +76,6 @@ def test_whole_mode_in_pieces_equals_one_pass_over_the_image(monkeypatch, method
     whole = torch.from_numpy(reflect_pad(pixels, height, -(-70 // stride) * stride))[None, None]
     expected = relevance(encoder, whole, method)[0, :150, :70].numpy()
     monkeypatch.setattr(maps, "WHOLE_PIXELS", 40 * whole.shape[3])  # several pieces
-    monkeypatch.setattr(maps, "KINK_PIXELS", 40 * whole.shape[3])
     monkeypatch.setattr(maps, "MIN_BAND", 1)
     monkeypatch.setattr(maps, "MIN_CORE", 16)
     pieces = micrograph_relevance(encoder, pixels, method, mode="whole")

@@ -45,8 +45,6 @@ from microcae.util.errors import MicrocaeError
 Mode = Literal["auto", "tile", "whole"]
 WHOLE_PIXELS = 2**19
 """Pixels per band or strip window in ``"whole"`` mode (bounds memory; about 0.5 Mpx)."""
-KINK_PIXELS = 2**21
-"""Pixels per window of the kink diagnostic (a forward pass only: larger windows, thinner halos)."""
 MIN_BAND = 16
 """Fewest latent rows (and columns) per block of units (its window adds about 3 of receptive
 field)."""
@@ -226,7 +224,7 @@ def _whole(encoder: nn.Module, pixels: np.ndarray, method: str, progress: bool,
         maps = _by_windows(canvas, lambda x: record.function(encoder, x, **options), progress,
                            "windows", WHOLE_PIXELS)
     kinks = _by_windows(canvas, lambda x: kink_pixels(encoder, x).to(x.dtype), progress,
-                        "kink windows", KINK_PIXELS) > 0
+                        "kink windows", WHOLE_PIXELS) > 0
     return MicrographRelevance(maps[:height, :width].float().numpy(),
                                int(kinks[:height, :width].sum()), "whole")
 
