@@ -13,6 +13,7 @@ from microcae.data.images import read_micrograph
 from microcae.figures.saliency import smooth
 from microcae.models.registry import load_model
 from microcae.saliency import relevance
+from microcae.saliency.kinks import kink_pixels
 from microcae.saliency.maps import micrograph_relevance
 
 
@@ -69,6 +70,7 @@ def test_whole_mode_in_pieces_equals_one_pass_over_the_image(monkeypatch, method
     torch.manual_seed(1)
     encoder = CAE(CAEConfig(channels=channels)).encoder.double().eval()
     pixels = synthetic_micrograph(150, 70, seed=4).astype(np.float64) / 255
+    pixels[60:100, 20:50] = 0.5  # flat: tied max-pool windows, i.e. kinks
     stride = maps.latent_stride(encoder)
     height = -(-150 // stride) * stride
     whole = torch.from_numpy(reflect_pad(pixels, height, -(-70 // stride) * stride))[None, None]
@@ -79,6 +81,8 @@ def test_whole_mode_in_pieces_equals_one_pass_over_the_image(monkeypatch, method
     pieces = micrograph_relevance(encoder, pixels, method, mode="whole")
     assert pieces.mode == "whole" and pieces.relevance.dtype == np.float32
     np.testing.assert_allclose(pieces.relevance, expected, rtol=1e-6, atol=0)
+    kinks = kink_pixels(encoder, whole)[0, :150, :70]
+    assert pieces.kink_pixels == int(kinks.sum()) > 0
 
 
 def test_the_default_mode_is_whole_for_images_larger_than_a_tile(tmp_path, tiny_model_file,

@@ -395,10 +395,7 @@ class InputTwoStageTwin(Twin):
                          (offset[0] + height, offset[1] + width), ct)
         for sample in range(n):
             batch = ct[sample * k : (sample + 1) * k]
-            reached = batch.ne(0).any(dim=0).any(dim=0)  # (h2, w2): positions with cotangents
             for rows, cols in self._blocks(state):
-                if not reached[rows, cols].any():  # no seeded unit reaches it (bands)
-                    continue
                 sub = batch[:, :, rows, cols].permute(2, 3, 1, 0)  # (r, w, C2, K)
                 patches, live = self._block_patches(state, ct.dtype, sample, rows, cols)
                 block = sub.index_select(2, live).reshape(-1, len(live), k)

@@ -81,13 +81,14 @@ def _weights(encoder: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def _tiles(encoder: nn.Module, pixels: np.ndarray, method: str, tile: int, progress: bool,
            options: dict[str, Any]) -> MicrographRelevance:
-    step = alignment(encoder_footprint(encoder, torch.zeros(1, 1, tile, tile)), (tile, tile))
+    dtype, device = _weights(encoder)
+    probe = torch.zeros(1, 1, tile, tile, dtype=dtype)
+    step = alignment(encoder_footprint(encoder, probe), (tile, tile))
     if tile % step:
         raise MicrocaeError(f"tile {tile} is not a multiple of the latent stride {step}")
     grid = micrograph_grid(pixels.shape, tile)
     maps = np.empty((len(grid), tile, tile), dtype=np.float32)
     kinks = np.zeros((len(grid), tile, tile), dtype=bool)
-    dtype, device = _weights(encoder)
     batches = tile_batches(pixels, grid, batch_size=1)
     for chunk, batch in tqdm(batches, total=len(grid), desc="tiles", unit="tile",
                              disable=not progress, leave=False):
@@ -110,7 +111,7 @@ class _Canvas:
 
 
 def latent_stride(encoder: nn.Module, probe: int = 1024) -> int:
-    """Pixel stride of the encoder's latent grid (16 for the study), from a meta-tensor probe.
+    """Return the pixel stride of the encoder's latent grid (16 for the study), from a probe.
 
     Raises
     ------
@@ -137,8 +138,8 @@ def _canvas(encoder: nn.Module, pixels: np.ndarray) -> _Canvas:
     return _Canvas(tensor, footprint, step, halo)
 
 
-def _sides(canvas: _Canvas, margin: int, least: int) -> tuple[int, int]:
-    """Core (rows, cols) of windows of about :data:`WHOLE_PIXELS` with ``margin`` px around.
+def _sides(canvas: _Canvas, margin: int, least: int, budget: int) -> tuple[int, int]:
+    """Core (rows, cols) of windows of about ``budget`` pixels with ``margin`` px around.
 
     Cores are multiples of the latent stride and at least ``least`` (capped at the image);
     narrow images get full-width windows.
@@ -150,18 +151,18 @@ def _sides(canvas: _Canvas, margin: int, least: int) -> tuple[int, int]:
         core = max(int(size) - margin, least) // step * step
         return min(max(core, step), limit)
 
-    cols = fit(WHOLE_PIXELS**0.5, width)
+    cols = fit(budget**0.5, width)
     if cols + margin >= width:  # the whole width fits
         cols = width
-    rows = fit(WHOLE_PIXELS / min(cols + margin, width), height)
+    rows = fit(budget / min(cols + margin, width), height)
     return rows, cols
 
 
 def _by_windows(canvas: _Canvas, compute: Callable[[torch.Tensor], torch.Tensor],
-                progress: bool, label: str) -> torch.Tensor:
+                progress: bool, label: str, budget: int) -> torch.Tensor:
     """Apply ``compute`` ((1, 1, h, w) -> (1, h, w)) on windows with halos; keep each core."""
     halo, (height, width) = canvas.halo, canvas.pixels.shape
-    rows, cols = _sides(canvas, 2 * halo, MIN_CORE)
+    rows, cols = _sides(canvas, 2 * halo, MIN_CORE, budget)
     out = torch.empty(canvas.pixels.shape, dtype=canvas.pixels.dtype)
     cores = [(y, x) for y in range(0, height, rows) for x in range(0, width, cols)]
     for y, x in tqdm(cores, desc=label, unit="window", disable=not progress, leave=False):
@@ -193,7 +194,7 @@ def _by_units(encoder: nn.Module, canvas: _Canvas, record: Method, progress: boo
     first_r, last_r = canvas.footprint.rows.supports()  # pixel rows each latent row reads
     first_c, last_c = canvas.footprint.cols.supports()
     margin = 3 * step  # receptive field beyond a block, about (46 - 16) px rounded up
-    rows, cols = (n // step for n in _sides(canvas, margin, MIN_BAND * step))
+    rows, cols = (n // step for n in _sides(canvas, margin, MIN_BAND * step, WHOLE_PIXELS))
     r2 = torch.zeros(canvas.pixels.shape, dtype=canvas.pixels.dtype)
     blocks = [(range(u, min(u + rows, len(first_r))), range(v, min(v + cols, len(first_c))))
               for u in range(0, len(first_r), rows) for v in range(0, len(first_c), cols)]
@@ -221,9 +222,9 @@ def _whole(encoder: nn.Module, pixels: np.ndarray, method: str, progress: bool,
         maps = _by_units(encoder, canvas, record, progress, options)
     else:
         maps = _by_windows(canvas, lambda x: record.function(encoder, x, **options), progress,
-                           "windows")
+                           "windows", WHOLE_PIXELS)
     kinks = _by_windows(canvas, lambda x: kink_pixels(encoder, x).to(x.dtype), progress,
-                        "kink windows") > 0
+                        "kink windows", WHOLE_PIXELS) > 0
     return MicrographRelevance(maps[:height, :width].float().numpy(),
                                int(kinks[:height, :width].sum()), "whole")
 
