@@ -28,12 +28,16 @@ test: setup lint
 test-slow: setup
 	$(BIN)/pytest -q -m slow --durations=15
 
-# The reproduction report (docs/REPRODUCTION.md) from the shared micrographs beside the repo.
+# The reproduction report (docs/REPRODUCTION.md and the README's verdict table) from the shared
+# micrographs beside the repo, with the stored study-like models and owner-budget attack run
+# (benchmarks/train_steel.py and benchmarks/attack_decoder.py; hours on a CPU, not rerun here).
 SHARED ?= ../shared/micrographs
 REPORT_GROUPS := aisi1045_decarb_optical nist_lowcarbon_steel_optical zr_hydride_optical ni_superalloy_sem
 report: setup
 	$(BIN)/microcae report $(addprefix $(SHARED)/,$(REPORT_GROUPS)) \
-		--study-like aisi1045_decarb_optical --study-like nist_lowcarbon_steel_optical --out docs
+		--study-like aisi1045_decarb_optical --study-like nist_lowcarbon_steel_optical \
+		--steel-models benchmarks/results/steel \
+		--attack-run benchmarks/results/attack/attack_steel.json --readme README.md --out docs
 
 bench: setup
 	$(BIN)/python benchmarks/cli_startup.py

@@ -5,7 +5,8 @@ training saw, from the owner model's provenance). The study-like run stored for 
 (hours on 2 shared CPU cores; one thread)::
 
     python benchmarks/attack_decoder.py runs/steel --steel-models benchmarks/results/steel \\
-        --steps owner --threads 1 --out benchmarks/results/attack --name attack_steel
+        --steps owner --threads 1 --state runs/attack_steel --out benchmarks/results/attack \\
+        --name attack_steel
 
 ``runs/steel`` is the steel set of ``benchmarks/train_steel.py``; with ``--steel-models`` the owner
 is the run that held out the set's test micrograph (the bundled ``cae_steel``), the owner's
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--state", type=Path, default=None,
+                        help="folder that keeps finished stages: a killed run restarted with it "
+                             "continues")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,7 +64,8 @@ def main() -> None:
     steps = (owner_budget_steps(provenance, data.manifest["tile"], args.batch)
              if args.steps == "owner" else int(args.steps))
     report = decoder_attack(owner, data, args.eval_tiles, args.leaks, steps, args.batch,
-                            args.seed, log=lambda line: print(line, flush=True))
+                            args.seed, log=lambda line: print(line, flush=True),
+                            state=args.state)
     summary = {**report.to_json(), "owner_model": owner_name,
                "budget": "owner" if args.steps == "owner" else "fixed",
                "threads": torch.get_num_threads()}

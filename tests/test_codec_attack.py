@@ -67,3 +67,54 @@ def test_attack_curves_end_at_the_reported_scores(tmp_path, tiny_model):
     table = result.curve_table().markdown()
     assert table.splitlines()[0] == "| scenario | 25 steps | 30 steps |"
     assert f"| {result.curves['encoder-known'][0][1].psnr_db:.2f} |" in table
+
+
+def test_stored_attack_runs_are_checked_against_owner_and_data(tmp_path, tiny_model):
+    from microcae.data.dataset import prepare_dataset
+    from microcae.evaluation.attack import AttackResult
+    from microcae.evaluation.reproduction.stages import load_stored_attack
+    from microcae.metrics.reconstruction import ReconstructionScores
+    from microcae.util.errors import MicrocaeError
+    from microcae.util.table_writer import json_text
+
+    write_png(tmp_path / "raw" / "m.png", synthetic_micrograph(64, 64))
+    data = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", tile=64, progress=False)
+    run = AttackResult(tiny_model.fingerprint(), data.manifest_sha256, 4, 8, 2, (1,), 30,
+                       2, 64, 0, 1.0, {"owner": ReconstructionScores(0.01, 20.0, 0.5)})
+    path = tmp_path / "attack.json"
+    path.write_text(json_text({**run.to_json(), "budget": "owner", "threads": 1}))
+    stored = load_stored_attack(path, tiny_model, data)
+    assert stored.result == run and (stored.budget, stored.threads) == ("owner", 1)
+    path.write_text(json_text({**run.to_json(), "data_manifest_sha256": "0" * 64}))
+    with pytest.raises(MicrocaeError, match="other micrographs"):
+        load_stored_attack(path, tiny_model, data)
+    path.write_text("{")
+    with pytest.raises(MicrocaeError, match="not a readable stored attack run"):
+        load_stored_attack(path, tiny_model, data)
+
+
+def test_attack_resumes_from_its_finished_stages(tmp_path, tiny_model):
+    from microcae.data.dataset import prepare_dataset
+    from microcae.evaluation.attack import STATE_FILE, decoder_attack
+    from microcae.util.errors import MicrocaeError
+
+    for i in range(4):
+        write_png(tmp_path / "raw" / f"m{i}.png", synthetic_micrograph(64, 128, seed=i))
+    data = prepare_dataset([tmp_path / "raw"], tmp_path / "ds", tile=64, test_fraction=0.5,
+                           progress=False)
+    state = tmp_path / "state"
+    first = decoder_attack(tiny_model, data, eval_tiles=2, leaks=(1,), steps=30, batch=2,
+                           state=state)
+    saved = json.loads((state / STATE_FILE).read_text())
+    assert set(saved["curves"]) == set(first.curves)
+    # A killed run: the last stage is lost; the restart trains only that one, to the same result.
+    del saved["curves"]["encoder-known"], saved["seconds"]["encoder-known"]
+    (state / STATE_FILE).write_text(json.dumps(saved))
+    lines = []
+    again = decoder_attack(tiny_model, data, eval_tiles=2, leaks=(1,), steps=30, batch=2,
+                           state=state, log=lines.append)
+    assert again.scenarios == first.scenarios and again.curves == first.curves
+    assert len(lines) == 4 and lines[-1].startswith("encoder-known")
+    with pytest.raises(MicrocaeError, match="another run"):
+        decoder_attack(tiny_model, data, eval_tiles=2, leaks=(1,), steps=31, batch=2,
+                       state=state)

@@ -336,3 +336,22 @@ def test_steel_models_of_other_micrographs_are_refused(steel_case, tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
         assert not (tmp_path / "docs").exists()
+
+
+def test_bundled_steel_model_is_the_stored_standard_run():
+    from microcae.models.registry import read_model_file
+
+    root = Path(__file__).resolve().parents[1]
+    index = json.loads((root / "benchmarks" / "results" / "steel" / "index.json").read_text())
+    standard = next(r for r in index["runs"].values()
+                    if r["held_out"] == index["standard_split_test"][:1])
+    bundled = read_model_file(root / "src" / "microcae" / "assets" / "cae_steel.safetensors")
+    stored = read_model_file(root / "benchmarks" / "results" / "steel" / standard["file"])
+    assert bundled.model.state_dict().keys() == stored.model.state_dict().keys()
+    for key, value in bundled.model.state_dict().items():
+        assert torch.equal(value, stored.model.state_dict()[key])
+    assert sum(p.numel() for p in bundled.model.parameters()) == claims.STUDY_PARAMETERS
+    provenance = bundled.provenance
+    assert provenance["epochs_completed"] == 50 and provenance["settings"]["batch_size"] == 32
+    assert provenance["data"]["train_tiles"] == standard["train_tiles"]
+    assert "Steel micrographs only" in provenance["note"]

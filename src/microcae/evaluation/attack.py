@@ -36,14 +36,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -53,6 +57,7 @@ from microcae.data.images import round_to_8bit, to_uint8
 from microcae.evaluation._batching import run_batched
 from microcae.metrics.reconstruction import ReconstructionScores, reconstruction_scores
 from microcae.models.cae import CAE, build_decoder
+from microcae.util.atomic import atomic_path, write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import Column, Table
 
@@ -313,35 +318,83 @@ ATTACK_COLUMNS = (Column("scenario"), Column("psnr_db", "PSNR (dB)", ".2f"),
 """Columns of the attack table."""
 
 
-class _Scoring:
-    """Scores decoders on the owner's evaluation tiles and records their training curves."""
+Batches = Callable[[np.random.Generator], Callable[[], tuple[torch.Tensor, torch.Tensor]]]
+"""Given a stage's generator, the function that draws one training batch ``(x, z)``."""
 
-    def __init__(self, targets: np.ndarray, latents: np.ndarray, steps: int,
-                 log: Callable[[str], None] | None) -> None:
-        self.targets, self.latents, self.at = targets, latents, curve_steps(steps)
-        self.log = log or (lambda line: None)
+
+class _Stages:
+    """Trains and scores the attack's stages; keeps finished stages in ``state`` to resume.
+
+    Every stage draws its crops and initial weights from its own seed (the run's seed and the
+    stage's name), so a stage gives the same result whether or not earlier stages ran in the
+    same process.
+    """
+
+    def __init__(self, targets: np.ndarray, latents: np.ndarray, steps: int, seed: int,
+                 log: Callable[[str], None] | None, state: Path | None,
+                 identity: dict[str, Any]) -> None:
+        self.targets, self.latents, self.steps, self.seed = targets, latents, steps, seed
+        self.at, self.log = curve_steps(steps), log or (lambda line: None)
         self.results: dict[str, ReconstructionScores] = {}
         self.curves: dict[str, Curve] = {}
+        self.state, self.identity = state, identity
+        self.saved: dict[str, Any] = {"identity": identity, "curves": {}, "seconds": {}}
+        self.fresh = 0.0  # seconds of the stages trained in this process
+        if state is not None and (state / STATE_FILE).is_file():
+            saved = json.loads((state / STATE_FILE).read_text())
+            if saved.get("identity") != identity:
+                raise MicrocaeError(f"{state}: saved attack stages belong to another run")
+            self.saved = saved
 
     def score(self, decoder: nn.Module) -> ReconstructionScores:
         return scores(decode_all(decoder, self.latents), self.targets)
 
-    def trained(self, name: str, module: nn.Module, batches: Callable[[], tuple], steps: int,
+    def trained(self, name: str, build: Callable[[], nn.Module], batches: Batches,
                 view: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
-        """Fit ``module``, scoring ``view(module)`` at every checkpoint; record the last."""
-        curve: Curve = []
-        fit(module, batches, steps, at=self.at,
-            checkpoint=lambda step, m: curve.append((step, self.score(view(m)))))
-        self.curves[name] = curve
-        self.results[name] = curve[-1][1]
+        """Train stage ``name`` (or restore it from the state), scoring ``view(module)``."""
+        weights = None if self.state is None else self.state / f"{name}.safetensors"
+        torch.manual_seed(self.seed * 2**20 + zlib.crc32(name.encode()) % 2**20)
+        module = build()
+        if name in self.saved["curves"] and weights is not None and weights.is_file():
+            module.load_state_dict(load_file(str(weights)))
+            curve = [(int(p["step"]), ReconstructionScores(p["mse"], p["psnr_db"], p["ssim"]))
+                     for p in self.saved["curves"][name]]
+        else:
+            started, curve = time.perf_counter(), []
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+            fit(module, batches(rng), self.steps, at=self.at,
+                checkpoint=lambda step, m: curve.append((step, self.score(view(m)))))
+            self._save(name, module, curve, time.perf_counter() - started)
+        self.curves[name], self.results[name] = curve, curve[-1][1]
         self.log(f"{name}: " + ", ".join(f"{step} steps {score.psnr_db:.2f} dB"
                                          for step, score in curve))
-        return module
+        return module.eval()
+
+    def _save(self, name: str, module: nn.Module, curve: Curve, seconds: float) -> None:
+        self.saved["curves"][name] = [{"step": step, **score.as_dict()} for step, score in curve]
+        self.saved["seconds"][name] = round(seconds, 1)
+        self.fresh += seconds
+        if self.state is None:
+            return
+        self.state.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.state / f"{name}.safetensors") as tmp:
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                      str(tmp))
+        write_text_atomic(self.state / STATE_FILE, json.dumps(self.saved, indent=1))
+
+    def training_seconds(self) -> float:
+        """Return the trained stages' wall time, including that of earlier, resumed processes."""
+        return float(sum(self.saved["seconds"].values()))
+
+
+STATE_FILE = "stages.json"
+"""File of the finished stages in an attack's ``state`` folder."""
 
 
 def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
                    leaks: Sequence[int] = (1, 4, 16), steps: int = 400, batch: int = 16,
-                   seed: int = 0, log: Callable[[str], None] | None = None) -> AttackResult:
+                   seed: int = 0, log: Callable[[str], None] | None = None,
+                   state: str | Path | None = None) -> AttackResult:
     """Run every scenario of the module docstring and score it on the owner's held-out tiles.
 
     Parameters
@@ -363,13 +416,15 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
         Seeds the crops, the choice of leaked tiles and weight initialisation.
     log
         Called with one line per finished training stage (its curve).
+    state
+        Folder where each finished stage is kept (weights and curve); a run restarted with the
+        same folder and settings continues after its last finished stage.
 
     Returns
     -------
     AttackResult
         Settings, wall time, the final scores of every scenario and the training curves.
     """
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     leaks = [k for k in leaks if k > 0]
@@ -383,31 +438,40 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     leaked_pool = order[: max(leaks, default=0)]
     evaluation = order[max(leaks, default=0):][:eval_tiles]
     owner_latents = file_latents(owner, owner_tiles)
-    run = _Scoring(owner_tiles[evaluation], owner_latents[evaluation], steps, log)
+    identity = {"owner": owner.fingerprint(), "data": prepared.manifest_sha256,
+                "eval_tiles": eval_tiles, "leaks": leaks, "steps": steps, "batch": batch,
+                "crop": CROP, "seed": seed}
+    run = _Stages(owner_tiles[evaluation], owner_latents[evaluation], steps, seed, log,
+                  None if state is None else Path(state), identity)
     run.results["owner"] = run.score(owner.decoder)
     run.results["mean-image"] = scores(np.full_like(run.targets, public.mean()), run.targets)
     run.results["latent-view"] = latent_view(run.latents, run.targets, public, down)
 
-    def matched(own: CAE) -> nn.Module:
-        adapter = stats_matched_adapter(owner_latents, run_batched(own.encoder, public[:, None]))
-        return nn.Sequential(adapter, own.decoder)
+    def autoencoder() -> nn.Module:
+        """The adversary's own CAE as encoder -> decoder (CAE.forward returns a dict)."""
+        model = CAE(owner.config)
+        return nn.Sequential(model.encoder, model.decoder)
 
-    own = CAE(owner.config)  # trained as encoder -> decoder (its forward returns a dict)
-    run.trained("stats-match", nn.Sequential(own.encoder, own.decoder),
-                lambda: image_crops(public, batch, rng), steps, lambda _: matched(own))
-    own.eval()
+    def matched(own: nn.Module) -> nn.Module:
+        encoder, decoder = own
+        adapter = stats_matched_adapter(owner_latents, run_batched(encoder, public[:, None]))
+        return nn.Sequential(adapter, decoder)
+
+    own = run.trained("stats-match", autoencoder,
+                      lambda r: lambda: image_crops(public, batch, r), matched)
     adapter = matched(own)[0]
     for k in leaks:
         leaked = leaked_pool[:k]
-        pairs = lambda leaked=leaked: random_crops(  # noqa: E731
-            owner_tiles[leaked], owner_latents[leaked], batch, down, rng)
-        run.trained(f"leak-{k}-scratch", build_decoder(owner.config), pairs, steps)
-        run.trained(f"leak-{k}-adapted", nn.Sequential(copy.deepcopy(adapter),
-                                                       copy.deepcopy(own.decoder)), pairs, steps)
+        pairs = lambda r, leaked=leaked: lambda: random_crops(  # noqa: E731
+            owner_tiles[leaked], owner_latents[leaked], batch, down, r)
+        run.trained(f"leak-{k}-scratch", lambda: build_decoder(owner.config), pairs)
+        run.trained(f"leak-{k}-adapted", lambda: nn.Sequential(
+            copy.deepcopy(adapter), copy.deepcopy(own[1])), pairs)
     public_latents = run_batched(owner.encoder, public[:, None])
-    run.trained("encoder-known", build_decoder(owner.config),
-                lambda: random_crops(public, public_latents, batch, down, rng), steps)
+    run.trained("encoder-known", lambda: build_decoder(owner.config),
+                lambda r: lambda: random_crops(public, public_latents, batch, down, r))
     return AttackResult(
         owner.fingerprint(), prepared.manifest_sha256, len(owner_tiles), len(public),
         len(evaluation), tuple(leaks), steps, batch, CROP, seed,
-        round(time.perf_counter() - started, 1), run.results, run.curves)
+        round(time.perf_counter() - started - run.fresh + run.training_seconds(), 1),
+        run.results, run.curves)

@@ -36,6 +36,7 @@ MODEL_KINDS: dict[str, type[MicrocaeModel]] = {
 
 BUNDLED: dict[str, Path] = {
     "study": ASSETS / "cae_default.safetensors",
+    "study-steel": ASSETS / "cae_steel.safetensors",
     "rd-study": ASSETS / "rd_study.safetensors",
     "rd-wide": ASSETS / "rd_wide.safetensors",
     "codec-1": ASSETS / "codec_1.safetensors",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,8 @@ class SaliencyEstimates:
         :data:`SALIENCY_MEASURES` name -> estimate (``label_auroc``: tiles with a label mask).
     dark_share, boundary_share
         Share of tiles whose dark-phase / boundary AUROC exceeds 0.5, with its interval.
+    per_image
+        Micrograph -> tile count and mean of each measure over its tiles.
     """
 
     tiles: int
@@ -173,13 +176,21 @@ class SaliencyEstimates:
     measures: dict[str, Estimate]
     dark_share: Estimate
     boundary_share: Estimate
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         return {"tiles": self.tiles, "images": self.images,
                 **{k: v.as_dict() for k, v in self.measures.items()},
                 "dark_share": self.dark_share.as_dict(),
-                "boundary_share": self.boundary_share.as_dict()}
+                "boundary_share": self.boundary_share.as_dict(), "per_image": self.per_image}
+
+    def per_image_table(self) -> Table:
+        """One row per micrograph: its tiles and the mean of each measure over them."""
+        return Table.of([{"micrograph": Path(name).name, **values}
+                         for name, values in self.per_image.items()],
+                        [Column("micrograph"), Column("tiles"),
+                         *(Column(k, spec=".3f") for k in SALIENCY_MEASURES)])
 
 
 def _estimates(tiles: Sequence[TileResult]) -> SaliencyEstimates:
@@ -189,10 +200,16 @@ def _estimates(tiles: Sequence[TileResult]) -> SaliencyEstimates:
               for k in SALIENCY_MEASURES}
     shares = [np.where(np.isfinite(values[k]), values[k] > 0.5, np.nan)
               for k in ("dark_auroc", "boundary_auroc")]
+    per_image = {}
+    for name in dict.fromkeys(images.tolist()):
+        own = images == name
+        per_image[name] = {"tiles": int(own.sum()), **{
+            k: float(np.nanmean(v[own])) if np.isfinite(v[own]).any() else float("nan")
+            for k, v in values.items()}}
     return SaliencyEstimates(len(tiles), len(set(images)),
                              {k: cluster_bootstrap(v, images) for k, v in values.items()},
                              cluster_bootstrap(shares[0], images),
-                             cluster_bootstrap(shares[1], images))
+                             cluster_bootstrap(shares[1], images), per_image)
 
 
 def saliency_estimates(tiles: Sequence[TileResult]) -> dict[str, SaliencyEstimates]:

@@ -29,7 +29,7 @@ from microcae import __version__
 from microcae.data.dataset import PreparedSet, input_root, prepare_dataset
 from microcae.data.images import round_to_8bit
 from microcae.evaluation._batching import run_batched
-from microcae.evaluation.attack import AttackResult, decoder_attack
+from microcae.evaluation.attack import AttackResult, decoder_attack, owner_budget_steps
 from microcae.evaluation.comparison import FIGURE_METHODS, compare_images
 from microcae.evaluation.fidelity import FidelityResult
 from microcae.evaluation.reproduction import claims, stages
@@ -51,7 +51,7 @@ from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
-from microcae.models.registry import BUNDLED_MODEL, load_model
+from microcae.models.registry import BUNDLED_MODEL, read_model_file
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import json_text
@@ -60,6 +60,8 @@ REPORT_NAME = "REPRODUCTION.md"
 ASSET_DIR = "reproduction"
 """Sub-folder of the output for the figures and the JSON of every number."""
 COMPARED_METHODS = (*FIGURE_METHODS, "random")
+ATTACK_BATCH = 16
+"""Crops per step of the report's decoder attack (the default of ``decoder_attack``)."""
 FIG10_COLUMNS = 4
 
 
@@ -362,6 +364,14 @@ def _steel_summary(steel: SteelModels) -> SteelSummary:
     return SteelSummary(str(steel.folder), runs, steel.standard.model.fingerprint())
 
 
+def _budget(provenance: dict[str, Any], tile: int) -> int | None:
+    """Return the steps per stage of an attack at this owner's budget (None if not known)."""
+    try:
+        return owner_budget_steps(provenance, tile, ATTACK_BATCH)
+    except MicrocaeError:
+        return None
+
+
 def _check_inputs(data: PreparedSet, study_like: Sequence[str]) -> None:
     groups = {s["group"] for s in data.manifest["sources"]}
     unknown = set(study_like) - groups
@@ -383,7 +393,7 @@ def _attacks(model: CAE, data: PreparedSet, scope: _Scope, settings: ReportSetti
     stored = (None if stored_path is None
               else stages.load_stored_attack(stored_path, owner, owned))
     attack = decoder_attack(owner, owned, settings.attack_eval_tiles, settings.attack_leaks,
-                            settings.attack_steps)
+                            settings.attack_steps, ATTACK_BATCH)
     return attack, stored
 
 
@@ -455,7 +465,8 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
         The measurements, the claims and the two figures.
     """
     clock, load = _Clock(), os.getloadavg()[0]
-    model = load_model(model_path)
+    general = read_model_file(model_path)
+    model = general.model
     with tempfile.TemporaryDirectory(prefix="microcae-report-") as tmp:
         data = prepare_dataset(list(inputs), Path(tmp) / "set", progress=progress)
         _check_inputs(data, study_like)
@@ -497,7 +508,8 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
                      "threads": torch.get_num_threads(), "load": round(load, 2)},
         model={"path": str(model_path) if model_path else
                f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
-               f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint()},
+               f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint(),
+               "attack_budget_steps": _budget(general.provenance, data_summary.tile)},
         data=data_summary, study_like_groups=list(study_like),
         steel=_steel_summary(scope.steel) if scope.steel else None,
         claims=_claim_rows(model, data_summary.tile, storage, mse, exactness, every, central,

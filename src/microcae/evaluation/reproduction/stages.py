@@ -92,8 +92,11 @@ def steel_mse(steel: SteelModels, data: PreparedSet) -> list[MseEstimate]:
     every = np.arange(len(sources))
     split = steel.tile_split
     train = split.train_tiles(len(sources))
+    epochs = int(split.provenance.get("epochs_completed", 0))
+    batch = int(split.provenance.get("settings", {}).get("batch_size", 32))
     rows = [mse_estimate(f"steel CAE, random tile split (the study's; {len(train)} train / "
-                         f"{len(split.test_tiles)} test tiles)",
+                         f"{len(split.test_tiles)} test tiles, {epochs} epochs = "
+                         f"{epochs * -(-len(train) // batch)} Adam steps)",
                          per_tile_mse(split.model, data, train), sources[train],
                          per_tile_mse(split.model, data, split.test_tiles),
                          sources[split.test_tiles])]
