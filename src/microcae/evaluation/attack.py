@@ -448,7 +448,7 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     run.results["latent-view"] = latent_view(run.latents, run.targets, public, down)
 
     def autoencoder() -> nn.Module:
-        """The adversary's own CAE as encoder -> decoder (CAE.forward returns a dict)."""
+        """Build the adversary's own CAE as encoder -> decoder (CAE.forward returns a dict)."""
         model = CAE(owner.config)
         return nn.Sequential(model.encoder, model.decoder)
 

@@ -51,7 +51,7 @@ from microcae.figures.reconstruction import reconstruction_figure
 from microcae.figures.style import save_figure
 from microcae.metrics.reconstruction import reconstruction_scores
 from microcae.models.cae import CAE
-from microcae.models.registry import BUNDLED_MODEL, read_model_file
+from microcae.models.registry import BUNDLED_MODEL, ModelFile, read_model_file
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import json_text
@@ -432,6 +432,23 @@ def _claim_rows(model: CAE, tile_side: int, storage: list[StorageRow], mse: list
     ]
 
 
+def _data_summary(data: PreparedSet) -> DataSummary:
+    """Return the prepared set's identity and size."""
+    return DataSummary(data.manifest_sha256, len(data.manifest["sources"]),
+                       sorted({s["group"] for s in data.manifest["sources"]}),
+                       int(len(data.indices("train"))), int(len(data.indices("test"))),
+                       int(data.tiles.shape[1]))
+
+
+def _model_record(model_path: str | Path | None, general: ModelFile, tile: int
+                  ) -> dict[str, Any]:
+    """Return where the general model came from, its fingerprint and its attack budget."""
+    path = (str(model_path) if model_path else f"bundled ({BUNDLED_MODEL.parent.parent.name}/"
+            f"{BUNDLED_MODEL.parent.name}/{BUNDLED_MODEL.name})")
+    return {"path": path, "fingerprint": general.model.fingerprint(),
+            "attack_budget_steps": _budget(general.provenance, tile)}
+
+
 def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
             settings: ReportSettings = FULL, study_like: Sequence[str] = (),
             progress: bool = True, steel_models: str | Path | None = None,
@@ -495,21 +512,14 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
         attacks = _attacks(model, data, scope, settings, stored_attack)
         clock.lap("attack")
         fig10, fig10_titles = _fig10(model, data)
-        data_summary = DataSummary(data.manifest_sha256, len(data.manifest["sources"]),
-                                   sorted({s["group"] for s in data.manifest["sources"]}),
-                                   int(len(data.indices("train"))),
-                                   int(len(data.indices("test"))),
-                                   int(data.tiles.shape[1]))
+        data_summary = _data_summary(data)
     central = method_stats(comparison, None)
     rows = comparison.panels[: settings.figure_rows]
     return Reproduction(
         settings=settings,
         environment={"microcae": __version__, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "load": round(load, 2)},
-        model={"path": str(model_path) if model_path else
-               f"bundled ({BUNDLED_MODEL.parent.parent.name}/{BUNDLED_MODEL.parent.name}/"
-               f"{BUNDLED_MODEL.name})", "fingerprint": model.fingerprint(),
-               "attack_budget_steps": _budget(general.provenance, data_summary.tile)},
+        model=_model_record(model_path, general, data_summary.tile),
         data=data_summary, study_like_groups=list(study_like),
         steel=_steel_summary(scope.steel) if scope.steel else None,
         claims=_claim_rows(model, data_summary.tile, storage, mse, exactness, every, central,
