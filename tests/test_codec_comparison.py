@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from microcae.evaluation.codec_comparison import (
     compare_codecs,
     highest_within,
     markdown_report,
+    write_comparison,
 )
 from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_psnr, bd_rate, ms_ssim, ms_ssim_scales
 from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
@@ -195,6 +197,72 @@ def test_a_centre_crop_is_measured_and_said_and_models_merge(tiny_model, codec):
     assert "centre-cropped to at most 32×32 px" in markdown_report(result)
 
 
+def test_a_models_point_is_its_mean_over_images_and_jpeg_meets_its_bytes(tiny_model):
+    images = [(f"t{seed}", synthetic_micrograph(64, 64, seed=seed)) for seed in (4, 5)]
+    result = compare_codecs(images, [("cae", tiny_model)], bpp_targets=(), codecs=("jpeg",),
+                            progress=False)
+    sizes, psnrs = [], []
+    for label, pixels in images:
+        data = encode_image(tiny_model, _micrograph(label, pixels))
+        decoded = to_uint8(decode_bytes(tiny_model, data, label).pixels)
+        sizes.append(len(data))
+        psnrs.append(10 * np.log10(255**2 / np.mean((decoded.astype(float) - pixels) ** 2)))
+    point = result.learned_points()["cae"]
+    assert point["bytes"] == np.mean(sizes) and point["bpp"] == 8 * np.mean(sizes) / 4096
+    assert point["psnr_db"] == pytest.approx(np.mean(psnrs), abs=1e-12) and point["images"] == 2
+    jpeg = [r for r in result.rows if r.codec == "jpeg"]
+    assert [(r.image, r.target) for r in jpeg] == [("t4", "model:cae"), ("t5", "model:cae")]
+    for row, (_, pixels), size in zip(jpeg, images, sizes, strict=True):
+        quality = int(row.setting.removeprefix("quality="))
+        assert not row.over_budget and row.bytes <= size and quality < 100
+        # the best quality: one step more needs more bytes than the CAE file
+        assert len(CLASSICAL_CODECS["jpeg"].encode(pixels, quality + 1)) > size
+    matched = result.matched()
+    assert [m["codec"] for m in matched] == ["**cae**", "jpeg"]
+    assert matched[1]["over_budget"] == 0 and matched[1]["images"] == 2
+    assert matched[1]["bytes"] == np.mean([r.bytes for r in jpeg]) <= point["bytes"]
+
+
+def test_an_rd_models_rows_tables_and_written_files(tiny_rd, tmp_path):
+    model = tiny_rd[0]
+    images = [(f"t{seed}", synthetic_micrograph(64, 64, seed=seed)) for seed in (30, 31)]
+    result = compare_codecs(images, [("tiny", model)], bpp_targets=(0.5, 2.0),
+                            codecs=("jpeg2000",), progress=False)
+    sizes = [len(encode_image(model, _micrograph(label, pixels))) for label, pixels in images]
+    point = result.learned_points()["tiny"]
+    assert point["bytes"] == np.mean(sizes) and point["bpp"] == 8 * np.mean(sizes) / 4096
+    assert result.models == {"tiny": {"kind": model.kind, "fingerprint": model.fingerprint()}}
+    own, matched = result.matched()
+    assert (own["at bytes of"], own["codec"]) == ("tiny", "**tiny**")
+    assert (matched["at bytes of"], matched["codec"]) == ("tiny", "jpeg2000")
+    assert matched["bytes"] <= own["bytes"] or matched["over_budget"] > 0
+    text = markdown_report(result)
+    assert "| tiny | **tiny** |" in text and "| tiny | jpeg2000 |" in text
+    written = write_comparison(result, tmp_path / "out")
+    again = CodecComparison.from_dict(json.loads(written["json"].read_text()))
+    assert again.rows == result.rows and again.models == result.models
+    assert written["markdown"].read_text() == text
+    assert len(written["csv"].read_text().splitlines()) == 1 + len(result.rows)
+    assert written["figure"].stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("images", "crop", "message"), [
+    ([], None, "no images to compare"),
+    ([("rgb", np.zeros((20, 20, 3), np.uint8))], None,
+     "rgb: codecs compare (H, W) uint8 images, got uint8 of shape (20, 20, 3)"),
+    ([("f", np.zeros((20, 20)))], None, "got float64"),
+    ([("small", np.zeros((11, 40), np.uint8))], None, "small: 11×40 px (after any crop)"),
+    ([("c", np.zeros((40, 40), np.uint8))], 11, "c: 11×11 px (after any crop)"),
+])
+def test_images_the_codecs_cannot_compare_are_refused(images, crop, message):
+    with pytest.raises(MicrocaeError, match=re.escape(message)):
+        compare_codecs(images, [], bpp_targets=(2.0,), codecs=("jpeg",), crop=crop,
+                       progress=False)
+    smallest = compare_codecs([("ok", synthetic_micrograph(12, 12))], [], bpp_targets=(2.0,),
+                              codecs=("jpeg",), progress=False)
+    assert smallest.images == [("ok", 12, 12)]
+
+
 def _one_line_error(capsys, rc: int) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("microcae: error: ")
@@ -228,4 +296,6 @@ def test_evaluate_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert "different names" in _one_line_error(capsys, rc)
     rc = main(["evaluate", str(image), "-o", str(out), "--bpp", "0", "-m", "study"])
     assert rc == 2 and "--bpp" in capsys.readouterr().err
+    rc = main(["evaluate", str(image), "-o", str(out), "--crop", "8", "-m", "study"])
+    assert "8×8 px (after any crop) is too small" in _one_line_error(capsys, rc)
     assert not out.exists()

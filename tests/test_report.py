@@ -50,6 +50,27 @@ def test_bytes_verdict_counts_the_storages_that_reach_32():
     assert claims.bytes_claim(rows[:1]).verdict == "does not hold"
 
 
+def test_storage_rows_are_the_sizes_of_real_files_of_every_configuration(tiny_model):
+    from microcae.codec import encode_image
+    from microcae.data.images import uint8_tile
+    from microcae.evaluation.reproduction.stages import storage
+
+    tiles = np.stack([synthetic_micrograph(64, 64, seed=seed) for seed in (4, 5)])
+    rows = {row.label: row for row in storage(tiny_model, tiles / 255.0, np.array(["a", "b"]))}
+    assert list(rows) == ["float32", "float32 + zstd", "float16", "float16 + zstd", "uint8",
+                          "uint8 + zstd"]
+    # header 84 + CRC 4 + 4 channels × 16 × 16 values (uint8: + offset and scale, 2 × 4 × 4)
+    for label, size in (("float32", 88 + 4096), ("float16", 88 + 2048), ("uint8", 88 + 32 + 1024)):
+        assert rows[label].bytes == size and rows[label].bpp == 8 * size / 4096
+        assert rows[label].ratio.value == pytest.approx(4096 / size, rel=1e-12)
+    for dtype in ("float32", "float16", "uint8"):
+        sizes = [len(encode_image(tiny_model, uint8_tile(tile), dtype, True, tile=64))
+                 for tile in tiles]
+        row = rows[f"{dtype} + zstd"]
+        assert row.bytes == np.mean(sizes)
+        assert row.ratio.value == pytest.approx(np.mean([4096 / n for n in sizes]), rel=1e-12)
+
+
 def attack_result(psnr: dict[str, float]) -> AttackResult:
     """An attack result with the given mean PSNR per scenario (other scores unused)."""
     return AttackResult("f", "m", 10, 20, 6, (4,), 2, 2, 64, 0, 1.0,

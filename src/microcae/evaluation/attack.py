@@ -391,6 +391,41 @@ STATE_FILE = "stages.json"
 """File of the finished stages in an attack's ``state`` folder."""
 
 
+def _adversary_autoencoder(owner: CAE) -> nn.Module:
+    """Return a fresh CAE of the owner's configuration as encoder -> decoder (tensor output)."""
+    model = CAE(owner.config)
+    return nn.Sequential(model.encoder, model.decoder)
+
+
+def _train_adversaries(run: _Stages, owner: CAE, owned: tuple[np.ndarray, np.ndarray],
+                       public: np.ndarray, leaked: Sequence[np.ndarray], batch: int) -> None:
+    """Train the stats-match, leaked-pair and encoder-known adversaries as stages of ``run``.
+
+    ``owned`` holds the owner's (N, S, S) tiles and their (N, C, h, w) file latents;
+    ``public`` the (P, S, S) public tiles; ``leaked`` the owner-tile indices of each leak size.
+    """
+    owner_tiles, owner_latents = owned
+    down = owner.downsample
+
+    def matched(own: nn.Module) -> nn.Module:
+        encoder, decoder = own
+        adapter = stats_matched_adapter(owner_latents, run_batched(encoder, public[:, None]))
+        return nn.Sequential(adapter, decoder)
+
+    own = run.trained("stats-match", lambda: _adversary_autoencoder(owner),
+                      lambda r: lambda: image_crops(public, batch, r), matched)
+    adapter = matched(own)[0]
+    for indices in leaked:
+        pairs = lambda r, indices=indices: lambda: random_crops(  # noqa: E731
+            owner_tiles[indices], owner_latents[indices], batch, down, r)
+        run.trained(f"leak-{len(indices)}-scratch", lambda: build_decoder(owner.config), pairs)
+        run.trained(f"leak-{len(indices)}-adapted", lambda: nn.Sequential(
+            copy.deepcopy(adapter), copy.deepcopy(own[1])), pairs)
+    public_latents = run_batched(owner.encoder, public[:, None])
+    run.trained("encoder-known", lambda: build_decoder(owner.config),
+                lambda r: lambda: random_crops(public, public_latents, batch, down, r))
+
+
 def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
                    leaks: Sequence[int] = (1, 4, 16), steps: int = 400, batch: int = 16,
                    seed: int = 0, log: Callable[[str], None] | None = None,
@@ -428,14 +463,13 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     leaks = [k for k in leaks if k > 0]
-    down = owner.downsample
     owner_tiles = round_to_8bit(prepared.tiles[prepared.indices("test")])
     public = round_to_8bit(prepared.tiles[prepared.indices("train")])
     if len(owner_tiles) <= max(leaks, default=0):
         raise MicrocaeError(f"{len(owner_tiles)} owner tiles cannot leak {max(leaks)} pairs and "
                             "leave tiles to score")
     order = rng.permutation(len(owner_tiles))
-    leaked_pool = order[: max(leaks, default=0)]
+    leaked = [order[:k] for k in leaks]
     evaluation = order[max(leaks, default=0):][:eval_tiles]
     owner_latents = file_latents(owner, owner_tiles)
     identity = {"owner": owner.fingerprint(), "data": prepared.manifest_sha256,
@@ -445,31 +479,8 @@ def decoder_attack(owner: CAE, prepared: PreparedSet, eval_tiles: int = 24,
                   None if state is None else Path(state), identity)
     run.results["owner"] = run.score(owner.decoder)
     run.results["mean-image"] = scores(np.full_like(run.targets, public.mean()), run.targets)
-    run.results["latent-view"] = latent_view(run.latents, run.targets, public, down)
-
-    def autoencoder() -> nn.Module:
-        """Build the adversary's own CAE as encoder -> decoder (CAE.forward returns a dict)."""
-        model = CAE(owner.config)
-        return nn.Sequential(model.encoder, model.decoder)
-
-    def matched(own: nn.Module) -> nn.Module:
-        encoder, decoder = own
-        adapter = stats_matched_adapter(owner_latents, run_batched(encoder, public[:, None]))
-        return nn.Sequential(adapter, decoder)
-
-    own = run.trained("stats-match", autoencoder,
-                      lambda r: lambda: image_crops(public, batch, r), matched)
-    adapter = matched(own)[0]
-    for k in leaks:
-        leaked = leaked_pool[:k]
-        pairs = lambda r, leaked=leaked: lambda: random_crops(  # noqa: E731
-            owner_tiles[leaked], owner_latents[leaked], batch, down, r)
-        run.trained(f"leak-{k}-scratch", lambda: build_decoder(owner.config), pairs)
-        run.trained(f"leak-{k}-adapted", lambda: nn.Sequential(
-            copy.deepcopy(adapter), copy.deepcopy(own[1])), pairs)
-    public_latents = run_batched(owner.encoder, public[:, None])
-    run.trained("encoder-known", lambda: build_decoder(owner.config),
-                lambda r: lambda: random_crops(public, public_latents, batch, down, r))
+    run.results["latent-view"] = latent_view(run.latents, run.targets, public, owner.downsample)
+    _train_adversaries(run, owner, (owner_tiles, owner_latents), public, leaked, batch)
     return AttackResult(
         owner.fingerprint(), prepared.manifest_sha256, len(owner_tiles), len(public),
         len(evaluation), tuple(leaks), steps, batch, CROP, seed,

@@ -32,7 +32,7 @@ from microcae.codec import decode_bytes, encode_image
 from microcae.data.images import Micrograph, to_uint8, uint8_tile
 from microcae.figures.rate_distortion import plot_codec_curves
 from microcae.metrics.fidelity import MAX_SHIFT, fidelity_scores
-from microcae.metrics.rate import bd_psnr, bd_rate, ms_ssim
+from microcae.metrics.rate import WINDOW, bd_psnr, bd_rate, ms_ssim
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.table_writer import csv_text, markdown_table
@@ -221,6 +221,30 @@ def centre_crop(pixels: np.ndarray, side: int | None) -> np.ndarray:
         return pixels
     top, left = max(0, (pixels.shape[0] - side) // 2), max(0, (pixels.shape[1] - side) // 2)
     return pixels[top:top + side, left:left + side]
+
+
+def _measured_pixels(item: Micrograph | tuple[str, np.ndarray],
+                     crop: int | None) -> tuple[str, np.ndarray]:
+    """Label and contiguous, centre-cropped (H, W) uint8 pixels of one input image.
+
+    Raises
+    ------
+    MicrocaeError
+        If the pixels are not a 2-D uint8 array, or (after cropping) are smaller than
+        ``WINDOW + 1`` = 12 px on a side, the least MS-SSIM measures.
+    """
+    if isinstance(item, Micrograph):
+        label, pixels = item.path, item.as_uint8()
+    else:
+        label, pixels = item[0], np.asarray(item[1])
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise MicrocaeError(f"{label}: codecs compare (H, W) uint8 images, got "
+                            f"{pixels.dtype} of shape {pixels.shape}")
+    pixels = np.ascontiguousarray(centre_crop(pixels, crop))
+    if min(pixels.shape) <= WINDOW:
+        raise MicrocaeError(f"{label}: {pixels.shape[0]}×{pixels.shape[1]} px (after any crop) "
+                            f"is too small to compare; at least {WINDOW + 1} px a side")
+    return label, pixels
 
 
 def _learned_row(label: str, name: str, model: MicrocaeModel,
@@ -430,14 +454,17 @@ def compare_codecs(
     CodecComparison
         Rows for every image: one per model, one per model and codec (at that model's bytes),
         one per codec and target.
+
+    Raises
+    ------
+    MicrocaeError
+        If there are no images, or one is not (H, W) uint8 of at least 12 px a side.
     """
+    if len(images) == 0:
+        raise MicrocaeError("no images to compare the codecs on")
+    checked = [_measured_pixels(item, crop) for item in images]  # every one before any work
     rows: list[Row] = []
-    measured = []
-    for item in tqdm(images, desc="codecs", unit="image", disable=not progress):
-        label, pixels = ((item.path, item.as_uint8()) if isinstance(item, Micrograph)
-                         else (item[0], np.asarray(item[1])))
-        pixels = np.ascontiguousarray(centre_crop(pixels, crop))
-        measured.append((label, *pixels.shape))
+    for label, pixels in tqdm(checked, desc="codecs", unit="image", disable=not progress):
         files = {name: CodecFiles(CLASSICAL_CODECS[name], pixels) for name in codecs}
         for name, model in models:
             row, size = _learned_row(label, name, model, pixels)
@@ -450,7 +477,8 @@ def compare_codecs(
                      for codec in codecs]
     info = {name: {"kind": model.kind, "fingerprint": model.fingerprint()}
             for name, model in models}
-    return CodecComparison(rows, measured, crop, info)
+    return CodecComparison(rows, [(label, *pixels.shape) for label, pixels in checked], crop,
+                           info)
 
 
 _MEAN_COLUMNS = ("bpp", "psnr_db", "ms_ssim", "phase_fraction_error", "two_point_error",

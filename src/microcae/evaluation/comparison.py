@@ -316,6 +316,42 @@ CHUNK = 8
 """Tiles of one image mapped together."""
 
 
+def _checked_options(model: CAE, methods: Sequence[str] | None, tile: int,
+                     tiles_per_image: int | None, exact_engine: str) -> tuple[str, ...]:
+    """Return ``methods`` (default: :func:`default_methods`) once every option is checked.
+
+    Raises
+    ------
+    MicrocaeError
+        An unknown method, an exact engine that is not a registered one, a tile side that is
+        not a positive multiple of the model's downsampling, or fewer than 1 tile per image.
+    """
+    methods = tuple(methods) if methods else default_methods()
+    unknown = [m for m in methods if m not in METHODS and m not in CONTROLS]
+    if unknown:
+        raise MicrocaeError(f"unknown method(s) {unknown}; choose from "
+                            f"{sorted(METHODS) + list(CONTROLS)}")
+    if exact_engine not in EXACT_ENGINES or exact_engine not in METHODS:
+        raise MicrocaeError(f"exact engine must be one of {list(EXACT_ENGINES)} (registered)")
+    if tile <= 0 or tile % model.downsample or (tiles_per_image or 1) < 1:
+        raise MicrocaeError(f"tile must be a positive multiple of {model.downsample} and "
+                            "tiles per image at least 1")
+    return methods
+
+
+def _empty_comparison(methods: tuple[str, ...], settings: dict[str, object],
+                      measures: Measures) -> Comparison:
+    """Return a comparison of ``methods`` with no tiles yet, recording the run's settings."""
+    comparison = Comparison(methods, fractions=np.arange(faithfulness.STEPS + 1)
+                            / faithfulness.STEPS)
+    comparison.curves = {m: {} for m in methods}
+    comparison.settings = {**settings, "blur_sigma": faithfulness.BLUR_SIGMA,
+                           "scores": "|relevance|", "lrp_seed": "the latent f(x) itself",
+                           "gbp_gradient_ig_output": "L2 norm of the latent",
+                           **({} if measures == "all" else {"measures": measures})}
+    return comparison
+
+
 def compare_images(
     model: CAE,
     images: Sequence[str | Path],
@@ -367,26 +403,10 @@ def compare_images(
     MicrocaeError
         Unknown method, bad tile size, unreadable image, or an image with no usable tile.
     """
-    methods = tuple(methods) if methods else default_methods()
-    unknown = [m for m in methods if m not in METHODS and m not in CONTROLS]
-    if unknown:
-        raise MicrocaeError(f"unknown method(s) {unknown}; choose from "
-                            f"{sorted(METHODS) + list(CONTROLS)}")
-    if exact_engine not in EXACT_ENGINES or exact_engine not in METHODS:
-        raise MicrocaeError(f"exact engine must be one of {list(EXACT_ENGINES)} (registered)")
-    if tile <= 0 or tile % model.downsample or (tiles_per_image or 1) < 1:
-        raise MicrocaeError(f"tile must be a positive multiple of {model.downsample} and "
-                            "tiles per image at least 1")
-    comparison = Comparison(methods, fractions=np.arange(faithfulness.STEPS + 1)
-                            / faithfulness.STEPS)
-    comparison.curves = {m: {} for m in methods}
-    comparison.settings = {"tile": tile, "tiles_per_image": tiles_per_image, "seed": seed,
-                           "sanity_check": sanity_check, "complex_step_engine": exact_engine,
-                           "blur_sigma": faithfulness.BLUR_SIGMA,
-                           "scores": "|relevance|", "lrp_seed": "the latent f(x) itself",
-                           "gbp_gradient_ig_output": "L2 norm of the latent"}
-    if measures != "all":
-        comparison.settings["measures"] = measures
+    methods = _checked_options(model, methods, tile, tiles_per_image, exact_engine)
+    comparison = _empty_comparison(methods, {
+        "tile": tile, "tiles_per_image": tiles_per_image, "seed": seed,
+        "sanity_check": sanity_check, "complex_step_engine": exact_engine}, measures)
     fast = to_channels_last(copy.deepcopy(model))
     for path in tqdm(list(images), desc="compare", unit="image", disable=not progress):
         _compare_image(comparison, model, fast, path, tile, tiles_per_image,

@@ -1,8 +1,9 @@
 """Microstructure fidelity of the study CAE and of classical codecs at the same bytes.
 
 Each 8-bit tile is stored as a CAE latent file (uint8 latents + zstd, header included: the
-study's ≈ 0.25 bpp) and by every classical codec at its highest setting whose file is no larger
-(:func:`microcae.evaluation.rate_distortion.highest_within`). Each decoded tile is scored against
+study's ≈ 0.25 bpp) and by each of :data:`FIDELITY_CODECS` at its best setting whose file is no
+larger (:meth:`microcae.evaluation.codec_comparison.CodecFiles.best_within`, the codecs and
+files of ``microcae evaluate``). Each decoded tile is scored against
 the original by :func:`microcae.metrics.fidelity.fidelity_scores` (phase fraction, two-point
 correlation, boundary F-score) and :func:`microcae.metrics.reconstruction.reconstruction_scores`.
 Intervals are cluster bootstraps over micrographs (:mod:`microcae.metrics.bootstrap`).
@@ -18,13 +19,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from microcae.codec import encode_image
 from microcae.codec.latent_files import open_latent_file
 from microcae.data.images import to_uint8, uint8_tile
 from microcae.evaluation._batching import run_batched
-from microcae.evaluation.rate_distortion import CLASSICAL_CODECS, decode_image, highest_within
+from microcae.evaluation.codec_comparison import CLASSICAL_CODECS, CodecFiles
 from microcae.metrics import fidelity
 from microcae.metrics.bootstrap import Estimate, cluster_bootstrap
 from microcae.metrics.reconstruction import reconstruction_scores
@@ -36,6 +36,10 @@ CAE_STORAGE = ("uint8", True)
 CAE_NAME = "study CAE"
 MEASURES = tuple(m.name for m in fidelity.METRICS)
 BETTER = {m.name: m.better for m in fidelity.METRICS}
+FIDELITY_CODECS = ("jpeg", "webp", "jpeg2000")
+"""Classical codecs the CAE is compared with (keys of
+:data:`~microcae.evaluation.codec_comparison.CLASSICAL_CODECS`): the study's JPEG 2000 and the
+two common web codecs."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class CodedTile:
     image
         Micrograph the tile comes from (the bootstrap's cluster).
     codec
-        :data:`CAE_NAME` or a key of :data:`~microcae.evaluation.rate_distortion.CLASSICAL_CODECS`.
+        :data:`CAE_NAME` or a key of :data:`~microcae.evaluation.codec_comparison.CLASSICAL_CODECS`.
     bytes
         File size (headers included).
     over_budget
@@ -63,24 +67,43 @@ class CodedTile:
     scores: dict[str, float]
 
 
-def matched_file(codec: str, tile: np.ndarray, budget: int) -> bytes:
-    """Return ``codec``'s file of (H, W) uint8 ``tile`` at its highest setting within ``budget``.
+def matched_file(codec: str, tile: np.ndarray, budget: int) -> tuple[bytes, np.ndarray]:
+    """Return ``codec``'s file of (H, W) uint8 ``tile`` at its best setting within ``budget``.
 
-    The lowest setting's file when even that is larger (binary search over the settings).
+    Parameters
+    ----------
+    codec
+        A key of :data:`~microcae.evaluation.codec_comparison.CLASSICAL_CODECS`.
+    tile
+        (H, W) uint8 pixels.
+    budget
+        Largest file size wanted, bytes.
+
+    Returns
+    -------
+    tuple of bytes and numpy.ndarray
+        The file (the lowest setting's when even that is larger than ``budget`` bytes) and its
+        (H, W) uint8 decoding.
     """
-    spec, image, files = CLASSICAL_CODECS[codec], Image.fromarray(tile), {}
-
-    def stored(index: int) -> bytes:
-        if index not in files:
-            files[index] = spec.save(image, spec.settings[index])
-        return files[index]
-
-    return stored(highest_within(lambda i: len(stored(i)), len(spec.settings), budget))
+    files = CodecFiles(CLASSICAL_CODECS[codec], np.ascontiguousarray(tile))
+    data = files.file(files.best_within(budget))[0]
+    return data, files.codec.decode(data)
 
 
 def code_tiles(model: CAE, tiles: np.ndarray, image: str,
-               codecs: Sequence[str] = tuple(CLASSICAL_CODECS)) -> list[CodedTile]:
+               codecs: Sequence[str] = FIDELITY_CODECS) -> list[CodedTile]:
     """Store (N, S, S) uint8 ``tiles`` of ``image`` with the CAE and each codec; score them.
+
+    Parameters
+    ----------
+    model
+        The study CAE; each tile becomes one latent file of :data:`CAE_STORAGE`.
+    tiles
+        (N, S, S) uint8 tiles, S a multiple of the model's downsampling.
+    image
+        Label of the micrograph the tiles come from.
+    codecs
+        Keys of :data:`~microcae.evaluation.codec_comparison.CLASSICAL_CODECS`.
 
     Returns
     -------
@@ -97,9 +120,9 @@ def code_tiles(model: CAE, tiles: np.ndarray, image: str,
     for tile, data, rebuilt in zip(tiles, files, decoded, strict=True):
         out.append(CodedTile(image, CAE_NAME, len(data), False, _scores(tile, rebuilt)))
         for name in codecs:
-            file = matched_file(name, tile, len(data))
+            file, rebuilt_by_codec = matched_file(name, tile, len(data))
             out.append(CodedTile(image, name, len(file), len(file) > len(data),
-                                 _scores(tile, decode_image(file))))
+                                 _scores(tile, rebuilt_by_codec)))
     return out
 
 

@@ -6,56 +6,6 @@ from pathlib import Path
 
 from microcae.figures.style import new_figure, save_figure
 
-_MARKERS = {"float32": "o", "float16": "s", "uint8": "D"}
-
-
-def _rd_series(rows: list[dict]) -> dict[str, list[dict]]:
-    """RD model rows grouped by architecture (channel widths), each sorted by bpp."""
-    series: dict[str, list[dict]] = {}
-    for row in rows:
-        series.setdefault(",".join(map(str, row["channels"])), []).append(row)
-    return {name: sorted(points, key=lambda p: p["bpp"]) for name, points in series.items()}
-
-
-def plot_rate_distortion(report: dict, path: str | Path) -> Path:
-    """Draw a :func:`microcae.evaluation.rate_distortion.rate_distortion` report.
-
-    Parameters
-    ----------
-    report
-        The report dictionary (as written to ``rd.json``).
-    path
-        Output PNG, written atomically.
-
-    Returns
-    -------
-    Path
-        ``path``. Two panels share a logarithmic bpp axis: mean PSNR (dB) and mean SSIM;
-        classical codecs as curves, CAE storage types as black markers, RD models as stars
-        joined per architecture.
-    """
-    figure = new_figure(9.0, 3.6)
-    for column, (key, label) in enumerate((("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))):
-        axes = figure.add_subplot(1, 2, column + 1)
-        for name, points in report["curves"].items():
-            axes.plot([p["bpp"] for p in points], [p[key] for p in points], "-", lw=1.2,
-                      label=name)
-        for cae in report["cae"]:
-            axes.plot(cae["bpp"], cae[key], _MARKERS.get(cae["latent_dtype"], "o"),
-                      color="black", mfc="black" if cae["zstd"] else "white",
-                      label=f"CAE {cae['latent_dtype']}{' + zstd' if cae['zstd'] else ''}")
-        for channels, points in _rd_series(report.get("rd", [])).items():
-            axes.plot([p["bpp"] for p in points], [p[key] for p in points], "*--", ms=8,
-                      label=f"RD CAE {channels}")
-        axes.set_xscale("log")
-        axes.set_xlabel("bits per pixel (file size, headers included)")
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-        if column == 0:
-            axes.legend(fontsize=6, loc="upper left")
-    figure.suptitle(f"Rate–distortion, {report['tiles']} tiles", fontsize=9)
-    return save_figure(figure, path)
-
 
 def plot_codec_curves(curves: dict[str, list[dict]], learned: dict[str, dict],
                       path: str | Path, title: str = "Codec comparison") -> Path:

@@ -455,6 +455,10 @@ def measure(inputs: Sequence[str | Path], model_path: str | Path | None = None,
             stored_attack: str | Path | None = None) -> Reproduction:
     """Measure every claim on the micrographs ``inputs``.
 
+    Longer than 60 lines on purpose: it is the report's stage sequence, flat, in one temporary
+    folder with the clock lapping after each stage (each stage one call into :mod:`.stages` or a
+    helper above), then the one :class:`Reproduction` built from the results.
+
     Parameters
     ----------
     inputs

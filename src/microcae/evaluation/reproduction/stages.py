@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from microcae.codec import encode_image
+from microcae.codec import LATENT_DTYPES, encode_image
 from microcae.data.dataset import PreparedSet
 from microcae.data.images import round_to_8bit, to_uint8, uint8_tile
 from microcae.evaluation._batching import run_batched
 from microcae.evaluation.attack import AttackResult
 from microcae.evaluation.comparison import TileResult, compare_images
 from microcae.evaluation.fidelity import FidelityResult, code_tiles
-from microcae.evaluation.rate_distortion import cae_configurations
 from microcae.evaluation.reproduction.results import (
     MseEstimate,
     ReconstructionSummary,
@@ -35,6 +34,8 @@ from microcae.util.errors import MicrocaeError
 
 EVERY_TILE_METHODS = ("complex-step", "gbp", "lrp-w2", "lrp-zbeta", "sobel-edges", "random")
 """Methods and controls mapped on every tile of the study-like micrographs."""
+STORAGES = tuple((dtype, compress) for dtype in LATENT_DTYPES for compress in (False, True))
+"""(latent dtype, zstd) of each storage row: every dtype of the CAE, without and with zstd."""
 
 
 
@@ -117,9 +118,12 @@ def steel_mse(steel: SteelModels, data: PreparedSet) -> list[MseEstimate]:
 
 
 def storage(model: CAE, tiles: np.ndarray, sources: np.ndarray) -> list[StorageRow]:
-    """Latent file sizes per storage configuration over (T, S, S) [0, 1] tiles of ``sources``."""
+    """Latent file sizes per storage configuration over (T, S, S) [0, 1] tiles of ``sources``.
+
+    One row per :data:`STORAGES` entry; each tile is its own latent file (header included).
+    """
     rows = []
-    for dtype, compress in cae_configurations():
+    for dtype, compress in STORAGES:
         sizes = np.array([len(encode_image(model, uint8_tile(to_uint8(tile)), dtype, compress,
                                            tile=tile.shape[0])) for tile in tiles], dtype=float)
         size = float(sizes.mean())
