@@ -141,7 +141,40 @@ def test_autograd_columns_match_a_finite_difference():
         torch.testing.assert_close(got[pixel], expected, rtol=1e-6, atol=0)
 
 
-def test_quick_report_end_to_end(tmp_path, capsys):
+GOLDEN_SKIPPED = {"seconds", "seconds_per_tile", "generated", "command", "environment", "path",
+                  "measured", "note", "max_rel_diff_literal_vs_autograd",
+                  "max_rel_diff_vjp_vs_autograd", "kink_pixels"}
+"""Report keys left out of the golden numbers: timings, versions, paths, numbers rendered as
+text, and the exactness differences (rounding noise, ~1e-16) and kink counts (float32 ties)."""
+
+
+def golden_numbers(numbers: dict) -> dict:
+    """The quick report's seeded, machine-independent values as flat ``a.b.0.c`` entries."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key not in GOLDEN_SKIPPED:
+                    walk(f"{prefix}.{key}" if prefix else key, item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(f"{prefix}.{index}", item)
+        else:
+            flat[prefix] = value
+
+    walk("", numbers)
+    return flat
+
+
+def test_golden_numbers_flatten_and_skip():
+    report = {"seconds": {"total": 3}, "a": {"b": [1.5, {"c": "x", "path": "/tmp"}]},
+              "claims": [{"verdict": "holds", "measured": "0.1"}], "none": None}
+    assert golden_numbers(report) == {"a.b.0": 1.5, "a.b.1.c": "x", "claims.0.verdict": "holds",
+                                      "none": None}
+
+
+def test_quick_report_end_to_end(tmp_path, capsys, expected):
     out = tmp_path / "docs"
     assert main(["report", str(SAMPLES), "--out", str(out), "--quick", "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -168,6 +201,13 @@ def test_quick_report_end_to_end(tmp_path, capsys):
     for name in ("fig10_reconstructions.png", "fig11_saliency.png"):
         assert (out / "reproduction" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"reproduction/{name}" in text
+    golden = golden_numbers(numbers)
+    stored = expected("quick_report", golden)  # MICROCAE_GENERATE_EXPECTED=1 rewrites it
+    assert sorted(golden) == sorted(stored)
+    words = {k for k, v in stored.items() if not isinstance(v, float)}
+    assert {k: golden[k] for k in words} == {k: stored[k] for k in words}
+    measured = {k: v for k, v in golden.items() if k not in words}
+    assert measured == pytest.approx({k: stored[k] for k in measured}, rel=1e-4, nan_ok=True)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
