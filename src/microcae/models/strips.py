@@ -252,12 +252,12 @@ def _groups(layers: list[nn.Module]) -> list[list[nn.Module]]:
 def _chunk_rows(group: list[nn.Module], x: torch.Tensor, chunk_bytes: int | None) -> int | None:
     """Output rows of ``group`` per chunk so that its convolution's im2col ≈ ``chunk_bytes``.
 
-    None (no chunking) without a budget, without a convolution, or for channels-last input
-    (oneDNN convolves those directly, without im2col).
+    (oneDNN convolves channels-last tensors without an im2col matrix; there the same chunks
+    bound the activations of the layers after the convolution.) None (no chunking) without a
+    budget or without a convolution.
     """
     conv = group[0]
-    if chunk_bytes is None or not isinstance(conv, nn.Conv2d) or (
-            _layout(x) == torch.channels_last):
+    if chunk_bytes is None or not isinstance(conv, nn.Conv2d):
         return None
     width = (x.shape[3] + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1)
              - 1) // conv.stride[1] + 1
