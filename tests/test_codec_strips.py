@@ -185,11 +185,12 @@ def test_strip_rows_must_be_whole_latent_rows(codec):
 # ------------------------------------------------------------------------ automatic strips
 def test_images_over_the_budget_are_coded_in_strips_of_about_that_many_pixels():
     assert inference.STRIP_PIXELS == 1 << 21
-    assert strip_rows_for((1542, 2080)) == 992  # padded 1600 x 2112: 2**21 // 2112 = 992
+    assert strip_rows_for((1542, 2080)) == 800  # padded 1600 x 2112 = 1.6 budgets: 2 strips
     assert strip_rows_for((600, 300)) == 640  # padded 640 x 320: one strip
-    assert strip_rows_for((1, 1 << 20)) == 16  # no fewer rows than one latent row
+    assert strip_rows_for((8192, 8192)) == 256  # 32 strips of 2**21 pixels
+    assert strip_rows_for((64, 1 << 20)) == 16  # no fewer rows than one latent row
     assert strip_rows_for((1542, 2080), strip_rows=48) == 48
-    assert strip_rows_for((200, 150), strip_pixels=8192) == 32  # 8192 // 192 = 42 -> 32
+    assert strip_rows_for((200, 150), strip_pixels=8192) == 48  # 256 x 192 = 6 budgets
 
 
 def test_automatic_strips_keep_the_file_format_and_pixels(codec, monkeypatch):
@@ -203,12 +204,12 @@ def test_automatic_strips_keep_the_file_format_and_pixels(codec, monkeypatch):
         used.append(strip)
         return run_in_strips(stack, x, strip, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "STRIP_PIXELS", 8192)  # strips of 32 rows
+    monkeypatch.setattr(inference, "STRIP_PIXELS", 8192)  # strips of 48 rows
     monkeypatch.setattr(hyperprior, "run_in_strips", spy)
     assert encode_image(codec, micrograph) == one_pass
-    assert used == [2]  # the analysis: 2 latent rows per strip
+    assert used == [3]  # the analysis: 3 latent rows per strip
     strips = decode_bytes(codec, one_pass, "strips")
-    assert used == [2, 32]  # the synthesis: 32 image rows per strip
+    assert used == [3, 48]  # the synthesis: 48 image rows per strip
     assert np.array_equal(strips.stored, decoded.stored)
     assert strips.pixels.tobytes() == decoded.pixels.tobytes()
 

@@ -20,9 +20,9 @@ from microcae.util.runtime import to_channels_last
 
 DEFAULT_BATCH = 8
 STRIP_PIXELS = 1 << 21
-"""Whole-image coding splits images of more (padded) pixels into horizontal strips of about
-this many pixels (2 Mpixel: 992 rows of a 2080-px-wide micrograph), so that the transforms'
-memory follows the strip, not the image; the result is that of one pass."""
+"""Whole-image coding splits images of more (padded) pixels into horizontal strips of at most
+about this many pixels (2 Mpixel: two strips of 800 rows for a 2080×1542 micrograph), so that
+the transforms' memory follows the strip, not the image; the result is that of one pass."""
 LATENT_STRIDE = STRIDE // 4
 """Strips are whole rows of the latent ``y`` (16 image rows)."""
 
@@ -143,9 +143,9 @@ def strip_rows_for(shape: tuple[int, int], strip_rows: int | None = None,
         (H, W) of the image.
     strip_rows
         The caller's choice (returned as is) or None: one strip if the image, padded to
-        multiples of 64, has at most ``strip_pixels`` pixels, else strips of about that many
-        pixels (``strip_pixels / padded width`` rows, rounded down to a multiple of 16, at
-        least 16).
+        multiples of 64, has at most ``strip_pixels`` pixels, else ``ceil(pixels /
+        strip_pixels)`` strips of equal height, rounded up to a multiple of 16 (the last may
+        be shorter).
     strip_pixels
         The budget; None: :data:`STRIP_PIXELS`.
 
@@ -158,9 +158,8 @@ def strip_rows_for(shape: tuple[int, int], strip_rows: int | None = None,
         return strip_rows
     strip_pixels = STRIP_PIXELS if strip_pixels is None else strip_pixels
     height, width = (-(-side // STRIDE) * STRIDE for side in shape)
-    if height * width <= strip_pixels:
-        return height
-    return max(LATENT_STRIDE, strip_pixels // width // LATENT_STRIDE * LATENT_STRIDE)
+    count = -(-height * width // strip_pixels)
+    return LATENT_STRIDE * -(-height // (LATENT_STRIDE * count))
 
 
 @torch.no_grad()
