@@ -107,6 +107,9 @@ def test_row_intervals_of_each_layer_kind():
         input_rows(nn.MaxPool2d(2), (0, 1))
     with pytest.raises(ValueError, match="zero padding"):
         input_rows(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), (0, 1))
+    with pytest.raises(ValueError, match="IntConv2d"):  # planned, but run by its exact path
+        run_rows([HyperpriorCodec(HyperpriorConfig(N=2, M=2)).hyper_decoder.conv1],
+                 torch.zeros(1, 2, 3, 3), (0, 3))
     stack = [nn.Conv2d(2, 3, 3, padding=1), nn.ReLU()]
     with pytest.raises(ValueError, match="not all in the band"):
         run_rows(stack, torch.zeros(1, 2, 4, 5), (7, 8), first=4, height=10)  # needs 6..8

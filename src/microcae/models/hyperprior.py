@@ -524,7 +524,7 @@ class HyperpriorCodec(MicrocaeModel):
         """Run the synthesis transform ``decoder(ŷ)``, rows ``0:rows``, optionally in strips.
 
         Each convolution runs with the layers after it in cache-sized row chunks
-        (:data:`~microcae.models.strips.CHUNK_BYTES`): for float64 NCHW input 3–4 times faster
+        (:data:`~microcae.models.strips.CHUNK_BYTES`): for float64 NCHW input 2–4 times faster
         than whole layers and bitwise the same.
 
         Parameters

@@ -219,9 +219,10 @@ def decompress_whole(model: MicrocaeModel, stream: bytes, shape: tuple[int, int]
     Returns
     -------
     np.ndarray
-        (H, W) image in [0, 1], ``dtype``'s NumPy type; for float64 bitwise the same for every
-        ``strip_rows`` whose strips give every convolution at least 192 output positions (all
-        automatic ones), and the same 8- and 16-bit pixels for any.
+        (H, W) image in [0, 1], ``dtype``'s NumPy type. For float64 bitwise that of one pass
+        whenever each strip gives the first synthesis layer at least 192 output positions
+        (automatic strips give thousands; see :mod:`microcae.models.strips`), and the same
+        8- and 16-bit pixels for any ``strip_rows``.
     """
     fast = dtype == torch.float32
     decoding = inference_copy(model, dtype, channels_last=fast)

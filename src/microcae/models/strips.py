@@ -15,12 +15,13 @@ input values as in one whole pass. :func:`run_in_strips` fills the whole output 
 layers after it in row chunks whose unfolded input (PyTorch's float64 convolution is an
 ``im2col`` matrix times the weights) fits in the cache.
 
-With PyTorch's CPU kernels the result is bitwise that of one whole pass: tested for float32
-channels-last (oneDNN) and float64 NCHW (im2col + MKL ``dgemm``) at every band size. One
-exception was measured: MKL 2024.2 forms a ``dgemm`` product with fewer than 192 columns and a
-reduction length of 864 or 1728 in another order (≈1e-16 relative); chunks here always have at
-least :data:`MIN_GEMM_COLUMNS` columns, and strips are that wide unless a caller asks for tiny
-ones (then the last bits may differ; 8- and 16-bit pixels do not).
+With PyTorch's CPU kernels the result is bitwise that of one whole pass: tested for microcae's
+float32 channels-last analysis (oneDNN) at every band size, and for its float64 NCHW synthesis
+(im2col + MKL ``dgemm``) with one exception: MKL 2024.2 forms a ``dgemm`` product with fewer than
+192 columns and a reduction length of 864 or 1728 in another order (≈1e-16 relative). Chunks
+here always have at least :data:`MIN_GEMM_COLUMNS` columns; strips have as many unless a caller
+asks for very thin ones (then the last bits may differ; 8- and 16-bit pixels do not). oneDNN's
+float32 synthesis likewise differs in the last bits for bands of a few hundred positions.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ changes its summation order, see the module docstring)."""
 CHUNK_BYTES = 8 << 20
 """Target size of one chunk's unfolded convolution input (``im2col``). On the 2-core x86-64
 development machine (2 MiB L2 per core) 2–16 MiB ran equally fast within the noise, 64 MiB
-1.5–2× slower, and whole layers (a 3.8 GB im2col for the last layer of a 2080×1542 image)
-5–6× slower."""
+1.5–2× slower; the whole last synthesis layer of a 2080×1542 image (a 3.8 GB im2col) ran 6×
+slower than in chunks."""
 
 
 def flatten(stack: nn.Module) -> list[nn.Module]:
@@ -233,8 +234,10 @@ def run_rows(layers: list[nn.Module], x: torch.Tensor, rows: Rows, first: int = 
             t, start = _conv_rows(layer, t, known, heights[-2])
         elif isinstance(layer, nn.PixelShuffle):
             t, start = layer(t), known[0] * layer.upscale_factor
-        else:
+        elif isinstance(layer, POINTWISE):
             t, start = layer(t), known[0]
+        else:  # an integer convolution: planned here, run by its own exact path
+            raise ValueError(f"{type(layer).__name__} does not run in strips here")
         t = _crop(t, want[0] - start, want[1] - start)
     return t
 
@@ -310,9 +313,9 @@ def run_in_strips(stack: nn.Module, x: torch.Tensor, strip: int | None = None,
     stop
         Output rows to compute (from the top); None: all.
     chunk_bytes
-        Run each convolution of an NCHW input with the layers after it in row chunks whose
-        im2col takes about this many bytes (:data:`CHUNK_BYTES` is the measured best); None:
-        whole strips.
+        Run each convolution with the layers after it in row chunks whose im2col (kernel
+        taps × output positions × item size) takes about this many bytes (:data:`CHUNK_BYTES`
+        is the measured best); None: whole strips.
 
     Returns
     -------
