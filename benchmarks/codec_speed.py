@@ -1,17 +1,22 @@
-"""Encode and decode time of a whole micrograph with microcae's codec, against the matmul floor.
+"""Encode and decode time and memory of a whole micrograph with microcae's codec, in strips or not.
 
 Prints a Markdown table: the median wall time (``--repeats`` runs after a warm-up) of
 ``compress_whole`` and ``decompress_whole`` (float64 synthesis, what ``microcae decode`` runs,
-and float32) on a 2080×1542 image (the study's micrograph size; a real micrograph cropped or
-tiled to it), and each time's ratio to a 2048² float32 matmul timed in the same run. The
-project's goals: decode within 25× and encode within 50× the matmul time.
+and float32) on a 2080×1542 image (the study's micrograph size; a real micrograph mirrored to
+it), each in one pass and in the automatic strips (:func:`~microcae.models.inference.
+strip_rows_for`), with each time's ratio to a 2048² float32 matmul timed in the same run and
+the rise of the peak resident set during the warm-up run (Linux: the peak is reset through
+``/proc/self/clear_refs`` before each step). ``--unchunked`` adds the float64 synthesis as it
+ran before strips (the whole decoder in one call: whole-layer im2col matrices). The project's
+goals: decode within 25× and encode within 50× the matmul time.
 
-Usage: ``python benchmarks/codec_speed.py [--model codec-2] [--threads 2]``.
+Usage: ``python benchmarks/codec_speed.py [--model codec-2] [--threads 1] [--unchunked]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -22,22 +27,50 @@ import torch
 
 from microcae.data.images import read_micrograph
 from microcae.models import load_model
-from microcae.models.inference import compress_whole, decompress_whole
+from microcae.models.hyperprior import STRIDE
+from microcae.models.inference import (
+    compress_whole,
+    decompress_whole,
+    inference_copy,
+    strip_rows_for,
+)
 from microcae.util.runtime import configure_allocator
 
 SAMPLE = Path(__file__).parents[1] / "src" / "microcae" / "assets" / "samples" / "aisi1045_core.png"
 SHAPE = (1542, 2080)
+CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def median_seconds(step: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``step()`` over ``repeats`` calls after one warm-up."""
-    step()
+    """Median wall seconds of ``step()`` over ``repeats`` calls (call it once before)."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _resident(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
+
+
+def peak_rise(step: Callable[[], object]) -> float:
+    """Run ``step()`` once; return how far the peak resident set rose above its start (bytes).
+
+    Freed heap is handed back first (``malloc_trim``), so the step's pages are its own. NaN
+    where ``/proc/self/clear_refs`` is missing (not Linux).
+    """
+    if not CLEAR_REFS.exists():
+        step()
+        return float("nan")
+    ctypes.CDLL(None).malloc_trim(0)
+    CLEAR_REFS.write_text("5")  # reset VmHWM to the current resident set
+    before = _resident("VmRSS")
+    step()
+    return float(_resident("VmHWM") - before)
 
 
 def study_sized_image() -> np.ndarray:
@@ -49,34 +82,62 @@ def study_sized_image() -> np.ndarray:
     return np.ascontiguousarray(tiled[: SHAPE[0], : SHAPE[1]])
 
 
+def unchunked_decode(model: torch.nn.Module, stream: bytes) -> np.ndarray:
+    """The float64 decoding before strips: the whole decoder in one call (whole-layer im2col)."""
+    decoding = inference_copy(model, torch.float64, channels_last=False)
+    grid = tuple(-(-side // STRIDE) for side in SHAPE)
+    with torch.no_grad():
+        decoded = decoding.decode_symbols(stream, grid)
+        y_hat = decoded["y"].double() + decoded["mean"].double() / 16
+        x_hat = decoding.decoder(y_hat)[0, 0, : SHAPE[0], : SHAPE[1]].clamp(0.0, 1.0)
+    return x_hat.contiguous().numpy()
+
+
+def steps(model: torch.nn.Module, image: np.ndarray, stream: bytes,
+          unchunked: bool) -> list[tuple[str, int, Callable[[], object], int]]:
+    """(name, strip rows, call, goal) of every measured step."""
+    whole = -(-SHAPE[0] // STRIDE) * STRIDE  # the padded height: one pass
+    strips = strip_rows_for(SHAPE)
+    rows = [
+        ("encode (compress_whole)", whole, lambda: compress_whole(model, image, whole), 50),
+        ("encode (compress_whole)", strips, lambda: compress_whole(model, image, strips), 50),
+    ]
+    if unchunked:
+        rows.append(("decode, float64, whole layers (before strips)", whole,
+                     lambda: unchunked_decode(model, stream), 25))
+    for dtype, name in ((torch.float64, "decode, float64 synthesis (microcae decode)"),
+                        (torch.float32, "decode, float32 synthesis")):
+        for rows_per_strip in (whole, strips):
+            rows.append((name, rows_per_strip, lambda d=dtype, r=rows_per_strip:
+                         decompress_whole(model, stream, SHAPE, d, strip_rows=r), 25))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="codec-2", help="bundled name or model file")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--unchunked", action="store_true",
+                        help="also time the float64 decoding as it ran before strips")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configure_allocator()
     model = load_model(args.model)
     image = study_sized_image()
     a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    torch.mm(a, b)
     floor = median_seconds(lambda: torch.mm(a, b), 7)
     stream = compress_whole(model, image)
-    rows = [
-        ("encode (compress_whole)", median_seconds(lambda: compress_whole(model, image),
-                                                   args.repeats), 50),
-        ("decode, float64 synthesis (microcae decode)",
-         median_seconds(lambda: decompress_whole(model, stream, SHAPE), args.repeats), 25),
-        ("decode, float32 synthesis",
-         median_seconds(lambda: decompress_whole(model, stream, SHAPE, torch.float32),
-                        args.repeats), 25),
-    ]
-    print(f"{args.model} on a {SHAPE[1]}x{SHAPE[0]} image, {args.threads} threads, "
+    print(f"{args.model} on a {SHAPE[1]}x{SHAPE[0]} image, {args.threads} thread(s), "
           f"{8 * len(stream) / image.size:.3f} bpp; 2048² matmul {floor * 1e3:.1f} ms\n")
-    print("| step | seconds | × matmul | goal |")
-    print("|---|---:|---:|---:|")
-    for name, seconds, goal in rows:
-        print(f"| {name} | {seconds:.2f} | {seconds / floor:.0f} | ≤ {goal} |")
+    print("| step | rows per strip | seconds | × matmul | peak RSS rise (MB) | goal |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, strip, step, goal in steps(model, image, stream, args.unchunked):
+        rise = peak_rise(step)
+        seconds = median_seconds(step, args.repeats)
+        print(f"| {name} | {strip} | {seconds:.2f} | {seconds / floor:.0f} | "
+              f"{rise / 2**20:.0f} | ≤ {goal} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,16 @@ from torch import nn
 
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
 from microcae.models.base import MicrocaeModel
+from microcae.models.hyperprior import STRIDE
 from microcae.util.runtime import to_channels_last
 
 DEFAULT_BATCH = 8
+STRIP_PIXELS = 1 << 21
+"""Whole-image coding splits images of more (padded) pixels into horizontal strips of at most
+about this many pixels (2 Mpixel: two strips of 800 rows for a 2080×1542 micrograph), so that
+the transforms' memory follows the strip, not the image; the result is that of one pass."""
+LATENT_STRIDE = STRIDE // 4
+"""Strips are whole rows of the latent ``y`` (16 image rows)."""
 
 
 def inference_copy(module: nn.Module, dtype: torch.dtype | None = None,
@@ -126,34 +133,101 @@ def reconstruct_micrograph(
     return decode_latents(model, np.concatenate(parts), grid, batch_size=batch_size)
 
 
+def strip_rows_for(shape: tuple[int, int], strip_rows: int | None = None,
+                   strip_pixels: int | None = None) -> int:
+    """Image rows per strip for whole-image coding of an (H, W) image.
+
+    Parameters
+    ----------
+    shape
+        (H, W) of the image.
+    strip_rows
+        The caller's choice (returned as is) or None: one strip if the image, padded to
+        multiples of 64, has at most ``strip_pixels`` pixels, else ``ceil(pixels /
+        strip_pixels)`` strips of equal height, rounded up to a multiple of 16 (the last may
+        be shorter).
+    strip_pixels
+        The budget; None: :data:`STRIP_PIXELS`.
+
+    Returns
+    -------
+    int
+        Rows per strip, a positive multiple of 16 (the padded height for one strip).
+    """
+    if strip_rows is not None:
+        return strip_rows
+    strip_pixels = STRIP_PIXELS if strip_pixels is None else strip_pixels
+    height, width = (-(-side // STRIDE) * STRIDE for side in shape)
+    count = -(-height * width // strip_pixels)
+    return LATENT_STRIDE * -(-height // (LATENT_STRIDE * count))
+
+
 @torch.no_grad()
-def compress_whole(model: MicrocaeModel, pixels: np.ndarray) -> bytes:
+def compress_whole(model: MicrocaeModel, pixels: np.ndarray,
+                   strip_rows: int | None = None) -> bytes:
     """Code a whole (H, W) image in [0, 1] with a stream model (no tiles, no seams).
 
-    The analysis transform runs in float32 channels-last on a private copy; the coded stream
-    depends only on the integers it produces.
+    The analysis transform runs in float32 channels-last on a private copy, in horizontal
+    strips with exact halos when the image is large (:func:`strip_rows_for`); the coded stream
+    depends only on the integers it produces, which are those of one whole pass.
+
+    Parameters
+    ----------
+    model
+        A stream model (:class:`~microcae.models.hyperprior.HyperpriorCodec`).
+    pixels
+        (H, W) image in [0, 1].
+    strip_rows
+        Image rows per strip (a positive multiple of 16; at least the padded height: one pass);
+        None: chosen by :func:`strip_rows_for`.
+
+    Returns
+    -------
+    bytes
+        The coded stream.
     """
     coding = inference_copy(model)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
-    return coding.compress(to_channels_last(x))["strings"]
+    rows = strip_rows_for(pixels.shape, strip_rows)
+    return coding.compress(to_channels_last(x), strip_rows=rows)["strings"]
 
 
 @torch.no_grad()
 def decompress_whole(model: MicrocaeModel, stream: bytes, shape: tuple[int, int],
-                     dtype: torch.dtype = torch.float64) -> np.ndarray:
+                     dtype: torch.dtype = torch.float64,
+                     strip_rows: int | None = None) -> np.ndarray:
     """Decode a stream model's coded whole image of shape (H, W) = ``shape``.
 
     The entropy decoding uses integers only; the synthesis runs in ``dtype`` (float64 on NCHW
-    tensors by default: bits independent of thread count, as for tiled files).
+    tensors by default: bits independent of thread count, as for tiled files), in horizontal
+    strips with exact halos when the image is large (:func:`strip_rows_for`).
+
+    Parameters
+    ----------
+    model
+        A stream model.
+    stream
+        :func:`compress_whole` output.
+    shape
+        (H, W) of the image.
+    dtype
+        Synthesis precision (``torch.float32`` runs channels-last: faster, bits depend on the
+        layout).
+    strip_rows
+        Image rows per strip (a positive multiple of 16); None: :func:`strip_rows_for`.
 
     Returns
     -------
     np.ndarray
-        (H, W) image in [0, 1], ``dtype``'s NumPy type.
+        (H, W) image in [0, 1], ``dtype``'s NumPy type. For float64 bitwise that of one pass
+        whenever each strip gives the first synthesis layer at least 192 output positions
+        (automatic strips give thousands; see :mod:`microcae.models.strips`), and the same
+        8- and 16-bit pixels for any ``strip_rows``.
     """
     fast = dtype == torch.float32
     decoding = inference_copy(model, dtype, channels_last=fast)
     side = model.downsample * 4
     grid = (-(-shape[0] // side), -(-shape[1] // side))
-    x_hat = decoding.decompress(stream, grid, tuple(shape))["x_hat"]
+    rows = strip_rows_for(tuple(shape), strip_rows)
+    x_hat = decoding.decompress(stream, grid, tuple(shape), strip_rows=rows)["x_hat"]
     return x_hat[0, 0].contiguous().numpy()
