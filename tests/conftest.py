@@ -51,6 +51,20 @@ def synthetic_micrograph(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def image_tensor(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(1, 1, H, W) float32 tensor in [0, 1] of :func:`synthetic_micrograph`."""
+    return torch.from_numpy(synthetic_micrograph(height, width, seed) / 255.0).float()[None, None]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     """Write an array with Pillow (mode inferred) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

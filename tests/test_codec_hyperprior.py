@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_micrograph
+from conftest import image_tensor as image
 from scipy import stats
 
 import microcae
@@ -48,17 +48,9 @@ def seeded_model(seed: int = 0, config: HyperpriorConfig = CFG) -> HyperpriorCod
     return model.eval()
 
 
-def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(synthetic_micrograph(height, width, seed) / 255.0).float()[None, None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the machine is shared (and oversubscribed threads make PyTorch crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import image_tensor as image
 from conftest import synthetic_micrograph
 from torch import nn
 
@@ -29,13 +30,7 @@ from microcae.models.strips import flatten, halo, input_rows, plan, run_in_strip
 SAMPLE = Path(__file__).parents[1] / "src" / "microcae" / "assets" / "samples" / "aisi1045_core.png"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the machine is shared (and oversubscribed threads make PyTorch crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +41,6 @@ def codec() -> HyperpriorCodec:
     return model
 
 
-def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(synthetic_micrograph(height, width, seed) / 255.0).float()[None, None]
 
 
 def one_pass_decode(model: HyperpriorCodec, stream: bytes, size: tuple[int, int]) -> np.ndarray:
