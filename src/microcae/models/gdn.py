@@ -147,7 +147,7 @@ class _FusedGDN(torch.autograd.Function):
             dgamma = (torch.matmul(g, (x * x).transpose(1, 2)).sum(0)
                       if ctx.needs_input_grad[1] else None)
             dbeta = g.sum((0, 2)) if ctx.needs_input_grad[2] else None
-        dx = dx.mul_(x).mul_(2.0).addcmul_(dy, factor)
+        dx = torch.addcmul(dx.mul_(x).mul_(2.0), dy, factor)  # out of place: vmap has a rule
         return dx, dgamma, dbeta, None, None
 
 

@@ -64,6 +64,10 @@ class Method:
         r² that the latent units of that block contribute, or None. The parts of a partition of
         the latent grid add up to r², so whole images can be mapped window by window, each unit
         once.
+    layers
+        The layer types the method is defined for (LRP's rules and guided backpropagation
+        assume ReLU networks of convolutions and pools), or None: any layer (the exact engines
+        check their own layer table, :data:`microcae.saliency.layers.LAYERS`).
     """
 
     name: str
@@ -76,6 +80,7 @@ class Method:
     study: bool = False
     conservation: ConservationCheck | None = None
     by_units: RelevanceMethod | None = None
+    layers: tuple[type[nn.Module], ...] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -109,6 +114,25 @@ def lookup(name: str) -> Method:
     if name not in METHODS:
         raise MicrocaeError(f"unknown relevance method {name!r}; choose from {sorted(METHODS)}")
     return METHODS[name]
+
+
+def check_encoder(name: str, encoder: nn.Module) -> None:
+    """Refuse an encoder with a layer the method is not defined for (see :attr:`Method.layers`).
+
+    Raises
+    ------
+    MicrocaeError
+        One line naming the method, the layer's path and type, and the supported types.
+    """
+    record = lookup(name)
+    if record.layers is None:
+        return
+    for path, layer in encoder.named_modules(prefix="encoder"):
+        if next(layer.children(), None) is None and type(layer) not in record.layers:
+            supported = ", ".join(sorted(t.__name__ for t in record.layers))
+            raise MicrocaeError(
+                f"method {name!r} is defined for encoders of {supported} layers, not for layer "
+                f"'{path}' ({type(layer).__name__}); use {STUDY_METHOD!r} or 'gradient'")
 
 
 def title(name: str) -> str:
@@ -154,6 +178,7 @@ def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
         r_ij = ||∂f(x)/∂x_ij||_F over all latent values (units: latent units per unit intensity).
     """
     record = lookup(method)
+    check_encoder(method, encoder)
     if x.dim() != 4 or x.shape[1] != 1:
         raise MicrocaeError(f"expected input of shape (N, 1, H, W), got {tuple(x.shape)}")
     configure_allocator()

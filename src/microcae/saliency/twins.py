@@ -272,7 +272,10 @@ class GDNTwin(Twin):
 
     Ballé, Laparra & Simoncelli (2016): per position, ``n_i = β_i + Σ_j Γ_ij x_j²`` and
     ``y_i = x_i n_i^(-1/2)`` (``n_i^(+1/2)`` for the inverse, ``module.inverse``). The wrapped
-    module must expose ``gamma`` (C, C), ``beta`` (C,) and optionally ``inverse``. The twin is the
+    module must expose the effective ``gamma`` (C, C) and ``beta`` (C,) and optionally
+    ``inverse``, as :class:`microcae.models.gdn.GDN` does (its properties apply the
+    non-negative reparametrisation to the stored ``gamma_sqrt`` and ``beta_sqrt``); the real
+    part is the module's own (fused) forward. The twin is the
     complex-analytic function at ``z = a + i·b``, with the square ``z·z = a² − b² + 2i·ab``
     (never ``|z|²``) and the complex power taken in polar form (``atan2`` keeps an imaginary
     part of 1e-24 that ``n_re + n_im`` would lose): ``Im y = a·Im r(n) + b·Re r(n)``.
