@@ -6,11 +6,17 @@ product is timed before and after the engine (median of both sets): the engine's
 printed as a multiple of that floor. Engines go through the Python API (``relevance()``, which
 sets up the allocator itself, as the command line does). The literal complex step (65,536
 passes) is timed on its first ``--naive-pixels`` pixels and extrapolated; the obvious peer,
-``torch.func.jacrev`` then column norms, on ``--jacrev-rows`` of the 2,048 latent values and
-extrapolated; both are marked so. Every map is compared with the ``vjp`` map (float32).
+``torch.func.jacrev`` then column norms, on ``--jacrev-rows`` of the latent values (2,048 for
+the study's encoder) and extrapolated; with ``--forward-classes``, the forward engines on that
+many of their colour classes (passes) and extrapolated; all are marked so. Every map is
+compared with the ``vjp`` map (float32, on the pixels computed).
 
     .venv/bin/python benchmarks/saliency.py [--model M] [--image PNG] [--threads 2]
+                                            [--repeats R] [--forward-classes K]
                                             [--micrograph] [--profile]
+
+``--model codec-2`` maps the analysis transform of microcae's codec (any bundled name or
+model file works: the encoder of any kind).
 
 ``--micrograph`` also maps the whole micrograph (2080×1542 by default) in whole mode (the
 whole latent, no tiles) and in the study's tile mode, with peak memory; ``--profile`` prints
@@ -42,6 +48,7 @@ from microcae.saliency.engines import passes
 DEFAULT_IMAGE = (Path(__file__).resolve().parents[2] / "shared" / "micrographs"
                  / "aisi1045_decarb_optical" / "1a1str.png")
 ENGINES = ["vjp", "complex-step-coloured", "jvp", "complex-step-naive", "jacrev"]
+FORWARD = ("complex-step-coloured", "jvp")
 FLOOR_SIZE = 2048
 
 
@@ -86,6 +93,8 @@ def run_engine(args: argparse.Namespace, encoder: torch.nn.Module, x: torch.Tens
         return jacrev_rows(encoder, x, args.jacrev_rows)
     if args.engine == "complex-step-naive":
         return relevance(encoder, x, args.engine, limit=args.naive_pixels)[0]
+    if args.engine in FORWARD and args.forward_classes:
+        return relevance(encoder, x, args.engine, limit=args.forward_classes)[0]
     return relevance(encoder, x, args.engine)[0]
 
 
@@ -132,7 +141,8 @@ def micrograph_child(args: argparse.Namespace) -> None:
 def run_child(args: argparse.Namespace, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--image", str(args.image), "--top", str(args.top),
                "--left", str(args.left), "--naive-pixels", str(args.naive_pixels),
-               "--jacrev-rows", str(args.jacrev_rows), "--threads", str(args.threads), *extra]
+               "--jacrev-rows", str(args.jacrev_rows), "--threads", str(args.threads),
+               "--forward-classes", str(args.forward_classes), *extra]
     if args.model:
         command += ["--model", args.model]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -170,6 +180,9 @@ def engine_table(args: argparse.Namespace) -> None:
     counts["jacrev"] = encoder(x).numel()
     scale = {"complex-step-naive": x[0, 0].numel() / args.naive_pixels,
              "jacrev": counts["jacrev"] / args.jacrev_rows}
+    if args.forward_classes:
+        scale.update({engine: counts[engine] / min(args.forward_classes, counts[engine])
+                      for engine in FORWARD})
     rows, maps = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for engine in ENGINES:
@@ -187,9 +200,12 @@ def engine_table(args: argparse.Namespace) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for engine in ENGINES:
         row = rows[engine]
-        note = {"complex-step-naive": f" (timed on {args.naive_pixels} px, extrapolated)",
-                "jacrev": f" (timed on {args.jacrev_rows} of {counts['jacrev']} rows, "
-                          "extrapolated)"}.get(engine, "")
+        notes = {"complex-step-naive": f" (timed on {args.naive_pixels} px, extrapolated)",
+                 "jacrev": f" (timed on {args.jacrev_rows} of {counts['jacrev']:,} rows, "
+                           "extrapolated)"}
+        if scale.get(engine, 1.0) > 1 and engine in FORWARD:
+            notes[engine] = f" (timed on {args.forward_classes:,} passes, extrapolated)"
+        note = notes.get(engine, "")
         computed = np.isfinite(maps[engine])
         error = np.abs(maps[engine][computed] - reference[computed]).max() / reference.max()
         diff = "n/a" if engine == "jacrev" else f"{error:.1e}"
@@ -221,6 +237,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs of vjp")
     parser.add_argument("--naive-pixels", type=int, default=256)
     parser.add_argument("--jacrev-rows", type=int, default=128)
+    parser.add_argument("--forward-classes", type=int, default=0,
+                        help="time the forward engines on this many passes (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--micrograph", action="store_true")
     parser.add_argument("--profile", action="store_true")

@@ -19,17 +19,18 @@ from microcae.data.images import read_micrograph
 from microcae.models.gdn import GDN, PEDESTAL
 from microcae.models.hyperprior import HyperpriorConfig, build_encoder
 from microcae.models.registry import BUNDLED, load_model
-from microcae.saliency import relevance
-from microcae.saliency.engines import passes
+from microcae.saliency import registry, relevance
+from microcae.saliency.engines import passes, reverse_macs
 from microcae.saliency.footprint import encoder_footprint
 from microcae.saliency.kinks import kink_pixels
 from microcae.saliency.layers import LayerKind, complexify, pointwise_reach, register_layer_kind
+from microcae.saliency.patches import patch_macs, patch_squares
 from microcae.saliency.twins import GDNTwin
 from microcae.util.errors import MicrocaeError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 
-ENGINES = ["complex-step-coloured", "complex-step-naive", "jvp", "vjp"]
+ENGINES = ["complex-step-coloured", "complex-step-naive", "jvp", "patches", "vjp"]
 HAS_CODEC = "codec-2" in BUNDLED and BUNDLED["codec-2"].is_file()
 
 
@@ -203,9 +204,10 @@ def test_codec_footprint_and_pass_counts_on_a_tile():
     first, last = footprint.rows.supports()
     assert (last - first + 1)[2:-2].tolist() == [61] * 12  # 1 + 4·(1 + 2 + 4 + 8)
     assert footprint.forward_periods == (61, 61) and footprint.reverse_periods == (4, 4)
-    assert passes(encoder, x, "vjp") == passes(encoder, x, "complex-step") == 4 * 4 * 96
+    assert passes(encoder, x, "vjp") == 4 * 4 * 96
     assert passes(encoder, x, "jvp") == passes(encoder, x, "complex-step-coloured") == 61 * 61
     assert passes(encoder, x, "complex-step-naive") == 256 * 256
+    assert passes(encoder, x, "patches") == passes(encoder, x, "complex-step") == 1  # fastest
 
 
 def test_gdn_has_no_kinks_and_the_engines_leave_the_codec_unchanged():
@@ -239,6 +241,68 @@ def test_relu_network_baselines_refuse_gdn_in_one_line(method):
         relevance(small_codec_encoder(), torch.rand(1, 1, 32, 32, dtype=torch.float64), method)
 
 
+# ---------------------------------------------------------------------------- patches engine
+def pointwise_zoo() -> nn.Sequential:
+    """Every pointwise layer kind between convolutions with odd kernels, strides and dilation."""
+    torch.manual_seed(9)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, (3, 5), stride=(1, 2), padding=(1, 2)), bn, nn.LeakyReLU(0.1),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Tanh()),
+        nn.Conv2d(4, 3, 3, stride=(2, 1)), nn.ELU(0.7), randomise(GDN(3), 11), nn.Sigmoid(),
+        nn.Conv2d(3, 3, 1), nn.ReLU(), nn.Dropout(0.3), nn.Identity(),
+        randomise(GDN(3, inverse=True), 12), nn.Conv2d(3, 2, 3, stride=2, padding=1),
+    ).double().eval()
+
+
+@pytest.mark.parametrize("shape", [(29, 37), (40, 24)])
+def test_patches_equal_jacrev_on_every_pointwise_layer_and_odd_geometry(shape):
+    encoder = pointwise_zoo()
+    x = torch.rand(2, 1, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(relevance(encoder, x, "patches"), jacobian_norms(encoder, x),
+                               rtol=1e-10, atol=0)
+
+
+def test_patch_blocks_and_unit_partitions_add_up_to_the_squared_relevance():
+    encoder = small_codec_encoder(4)
+    x = torch.rand(1, 1, 64, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = jacobian_norms(encoder, x) ** 2  # latent grid 4 × 4
+    for chunk in (3, 5):  # blocks of units, each on its own window of x
+        torch.testing.assert_close(patch_squares(encoder, x, chunk=chunk), expected,
+                                   rtol=1e-12, atol=0)
+    bands, columns = [range(0, 1), range(1, 4)], [range(0, 3), range(3, 4)]
+    parts = sum(patch_squares(encoder, x, rows, cols) for rows in bands for cols in columns)
+    torch.testing.assert_close(parts, expected, rtol=1e-12, atol=0)
+
+
+def test_patches_refuse_other_layers_in_one_line():
+    encoder = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)).double()
+    with pytest.raises(MicrocaeError, match=r"engine 'patches' needs an encoder of convolutions "
+                                            r"and pointwise layers: layer 'encoder\.2' "
+                                            r"\(MaxPool2d\) is neither.*; use 'vjp'"):
+        relevance(encoder, torch.rand(1, 1, 16, 16, dtype=torch.float64), "patches")
+    assert patch_macs(encoder, torch.zeros(1, 1, 16, 16)) is None
+
+
+def test_the_study_method_runs_the_cheapest_exact_engine_for_each_encoder():
+    from microcae.models.cae import CAE
+
+    tile = torch.zeros(1, 1, 256, 256)
+    codec = build_encoder(HyperpriorConfig(N=64, M=96)).eval()
+    assert patch_macs(codec, tile) < reverse_macs(codec, tile) / 10  # 69 G against 1 T
+    assert registry.fastest_exact(codec, tile) == "patches"
+    assert registry.fastest_exact(CAE().encoder, tile) == "vjp"  # max-pools: no patches
+    deep = nn.Sequential(*[nn.Conv2d(1 if i == 0 else 4, 4, 5, stride=2 if i < 4 else 1,
+                                     padding=2) for i in range(8)], nn.Conv2d(4, 1, 5))
+    assert patch_macs(deep, tile) > reverse_macs(deep, tile)  # large field, one channel
+    assert registry.fastest_exact(deep, tile) == "vjp"
+    assert registry.fastest_exact() == "vjp"  # without an encoder: the study's
+
+
 # ------------------------------------------------------------------------------ whole images
 def test_whole_mode_on_the_codec_in_pieces_equals_one_pass(monkeypatch):
     from microcae.saliency import maps
@@ -249,9 +313,10 @@ def test_whole_mode_on_the_codec_in_pieces_equals_one_pass(monkeypatch):
     expected = relevance(encoder, whole, "vjp")[0, :100, :60].numpy()  # latent stride 16
     monkeypatch.setattr(maps, "WHOLE_PIXELS", 40 * whole.shape[3])  # several blocks of units
     monkeypatch.setattr(maps, "MIN_BAND", 1)
-    pieces = maps.micrograph_relevance(encoder, pixels, "vjp", mode="whole")
-    assert pieces.mode == "whole" and pieces.kink_pixels == 0
-    np.testing.assert_allclose(pieces.relevance, expected, rtol=1e-6, atol=0)
+    for method in ("vjp", "patches", "complex-step"):  # blocks of latent units
+        pieces = maps.micrograph_relevance(encoder, pixels, method, mode="whole")
+        assert pieces.mode == "whole" and pieces.kink_pixels == 0
+        np.testing.assert_allclose(pieces.relevance, expected, rtol=1e-6, atol=0)
 
 
 # ------------------------------------------------------------------------------ command line
@@ -264,7 +329,7 @@ def test_saliency_command_maps_the_bundled_codec_encoder(tmp_path, capsys):
     assert "(whole mode), 0 kink-affected pixels" in capsys.readouterr().out
     pixels = read_micrograph(path).pixels
     canvas = torch.from_numpy(np.pad(pixels, ((0, 0), (0, 8)), mode="symmetric"))[None, None]
-    expected = relevance(load_model("codec-2").encoder, canvas, "vjp")[0, :, :264].numpy()
+    expected = relevance(load_model("codec-2").encoder, canvas)[0, :, :264].numpy()  # patches
     np.testing.assert_allclose(np.load(out / "wide.relevance.npy"), expected, rtol=1e-5, atol=0)
     assert (out / "wide.saliency.png").is_file()
 

@@ -250,6 +250,20 @@ def test_literal_complex_step_can_stop_after_some_pixels():
     assert part.flatten()[20:].isnan().all()
 
 
+@pytest.mark.parametrize("method", ["complex-step-coloured", "jvp"])
+def test_forward_engines_can_stop_after_some_colour_classes(method):
+    from microcae.saliency.footprint import pixel_classes
+
+    encoder = narrow_cae(5)
+    x = torch.rand(1, 1, 48, 48, dtype=torch.float64)
+    periods = encoder_footprint(encoder, x).forward_periods
+    full = relevance(encoder, x, method)
+    part = relevance(encoder, x, method, limit=100)
+    done = pixel_classes((48, 48), periods, range(100), torch.float64).sum(0).bool()
+    assert 0 < done.sum() < 48 * 48
+    assert torch.equal(part[0][done], full[0][done]) and part[0][~done].isnan().all()
+
+
 def test_blocks_of_latent_units_add_up_to_the_squared_relevance():
     from microcae.saliency.engines import reverse_squares
 

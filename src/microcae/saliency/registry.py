@@ -22,6 +22,9 @@ from microcae.util.runtime import configure_allocator
 
 RelevanceMethod = Callable[..., torch.Tensor]
 """``method(encoder, x, **options) -> (N, H, W)`` relevance for a batch ``x`` of (N, 1, H, W)."""
+CostEstimate = Callable[[nn.Module, torch.Tensor], "float | None"]
+"""``cost(encoder, x) -> multiply-adds`` for one image shaped like ``x`` (None: the engine does
+not apply to the encoder)."""
 ConservationCheck = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``check(encoder, x, maps) -> (N,)``: share of a conserved quantity that reached the input."""
 Role = Literal["study", "engine", "baseline", "control"]
@@ -53,8 +56,8 @@ class Method:
         r_ij involves only the latent units pixel (i, j) feeds, so a whole image can be mapped
         in strips with halos and give the same numbers.
     preference
-        Place in default orders: among exact engines, 0 is the fastest; among baselines, the
-        order of comparison tables.
+        Place in default orders: among exact engines, 0 is the fastest on the study's encoder;
+        among baselines, the order of comparison tables.
     study
         Shown in the study's Fig. 11 (the method and the baselines it compared).
     conservation
@@ -64,6 +67,10 @@ class Method:
         r² that the latent units of that block contribute, or None. The parts of a partition of
         the latent grid add up to r², so whole images can be mapped window by window, each unit
         once.
+    cost
+        Estimated multiply-adds on a given encoder (see :data:`CostEstimate`), or None; the
+        study's method runs the exact engine with the smallest estimate
+        (:func:`fastest_exact`).
     layers
         The layer types the method is defined for (LRP's rules and guided backpropagation
         assume ReLU networks of convolutions and pools), or None: any layer (the exact engines
@@ -80,6 +87,7 @@ class Method:
     study: bool = False
     conservation: ConservationCheck | None = None
     by_units: RelevanceMethod | None = None
+    cost: CostEstimate | None = None
     layers: tuple[type[nn.Module], ...] | None = None
 
 
@@ -140,12 +148,26 @@ def title(name: str) -> str:
     return METHODS[name].title if name in METHODS else name
 
 
-def fastest_exact() -> str:
-    """Name of the fastest exact engine (the one :data:`STUDY_METHOD` dispatches to)."""
+def fastest_exact(encoder: nn.Module | None = None, x: torch.Tensor | None = None) -> str:
+    """Name of the fastest exact engine (the one :data:`STUDY_METHOD` dispatches to).
+
+    Parameters
+    ----------
+    encoder, x
+        Without them: the engine of preference 0 (``vjp``, the fastest on the study's
+        encoder). With them: the engine whose cost estimate (:attr:`Method.cost`) is smallest
+        for this encoder and input shape (e.g. ``patches`` on the codec's analysis transform,
+        ``vjp`` on the study's encoder, where ``patches`` does not apply).
+    """
     engines = names("engine", exact=True)
     if not engines:
         raise MicrocaeError("no exact relevance engine is registered")
-    return engines[0]
+    if encoder is None or x is None:
+        return engines[0]
+    costs = {name: METHODS[name].cost(encoder, x) for name in engines
+             if METHODS[name].cost is not None}
+    known = {name: cost for name, cost in costs.items() if cost is not None}
+    return min(known, key=known.__getitem__) if known else engines[0]
 
 
 def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
@@ -164,10 +186,13 @@ def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
         (N, 1, H, W) float tensor, pixel values in [0, 1], on the encoder's device.
     method
         A key of :data:`METHODS`: ``"complex-step"`` (the study's relevance, by the fastest
-        exact engine; the default), the engines ``"vjp"``, ``"jvp"``,
+        exact engine for this encoder, :func:`fastest_exact`: ``"vjp"`` on the study's
+        encoder, ``"patches"`` on the codec's analysis transform, about 10× faster there than
+        ``"vjp"``; the default), the engines ``"vjp"``, ``"patches"``, ``"jvp"``,
         ``"complex-step-coloured"`` and ``"complex-step-naive"`` (the study's literal one pass
-        per pixel), the baselines ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"``, ``"gradient"``,
-        ``"integrated-gradients"`` and the controls ``"sobel-edges"`` and ``"random"``.
+        per pixel), the baselines ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"`` (ReLU networks of
+        convolutions and pools only), ``"gradient"``, ``"integrated-gradients"`` and the
+        controls ``"sobel-edges"`` and ``"random"``.
     **options
         Passed to the method (e.g. ``precision``, ``chunk``, ``progress``).
 
@@ -176,6 +201,12 @@ def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
     torch.Tensor
         (N, H, W) raw, unsmoothed relevance. For the exact methods
         r_ij = ||∂f(x)/∂x_ij||_F over all latent values (units: latent units per unit intensity).
+
+    Raises
+    ------
+    MicrocaeError
+        One line, for an unknown method, an input of the wrong shape, a layer without a
+        complex twin (exact methods) or a layer the method is not defined for (GBP, LRP).
     """
     record = lookup(method)
     check_encoder(method, encoder)
