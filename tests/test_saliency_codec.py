@@ -267,6 +267,15 @@ def test_patches_equal_jacrev_on_every_pointwise_layer_and_odd_geometry(shape):
                                rtol=1e-10, atol=0)
 
 
+def test_patches_on_pointwise_layers_only_in_blocks():
+    encoder = nn.Sequential(randomise(GDN(1), 13), nn.Tanh()).double().eval()
+    x = torch.rand(1, 1, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = jacobian_norms(encoder, x) ** 2
+    for chunk in (None, 4):  # one block; blocks of 2 × 2 pixels, each on its own window
+        torch.testing.assert_close(patch_squares(encoder, x, chunk=chunk), expected,
+                                   rtol=1e-12, atol=0)
+
+
 def test_patch_blocks_and_unit_partitions_add_up_to_the_squared_relevance():
     encoder = small_codec_encoder(4)
     x = torch.rand(1, 1, 64, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -100,68 +100,99 @@ def _sides(layers: list[tuple[str, nn.Module]]) -> list[Pair]:
     return [*sides, side]
 
 
-def _conv(conv: nn.Conv2d, patches: Patches, size: Pair) -> Patches:
-    """Patch Jacobians after ``conv`` (output grid ``size``) from those of its input."""
+def _conv(conv: nn.Conv2d, patches: Patches, units: tuple[range, range]) -> Patches:
+    """Patch Jacobians after ``conv``, for its output positions ``units``, from its input's."""
     (ry, rx), (sy, sx) = patches.side, patches.stride
     k, d, s, p = conv.kernel_size, conv.dilation, conv.stride, conv.padding
     side = (ry + d[0] * (k[0] - 1) * sy, rx + d[1] * (k[1] - 1) * sx)
-    values = patches.values.permute(0, 2, 3, 1)  # (R², h', w', C'), no copy
-    inner, h_in, w_in, c_in = values.shape
+    values = patches.values.permute(0, 2, 3, 1)  # (R², h', w', C'), no copy if channels-last
+    _, h_in, w_in, c_in = values.shape
     padded = values.new_zeros(ry, rx, h_in + 2 * p[0], w_in + 2 * p[1], c_in)
-    padded[:, :, p[0] : p[0] + h_in, p[1] : p[1] + w_in] = values.view(ry, rx, h_in, w_in, c_in)
-    (h, w), c_out = size, conv.out_channels
+    padded[:, :, p[0] : p[0] + h_in, p[1] : p[1] + w_in] = values.reshape(ry, rx, h_in, w_in,
+                                                                          c_in)
+    (h, w), c_out = (len(units[0]), len(units[1])), conv.out_channels
     out = values.new_zeros(side[0], side[1], h, w, c_out)
     for ty in range(k[0]):
-        rows = slice(d[0] * ty, d[0] * ty + s[0] * (h - 1) + 1, s[0])
+        first = d[0] * ty + s[0] * units[0].start
+        rows = slice(first, first + s[0] * (h - 1) + 1, s[0])
         for tx in range(k[1]):
-            cols = slice(d[1] * tx, d[1] * tx + s[1] * (w - 1) + 1, s[1])
+            first = d[1] * tx + s[1] * units[1].start
+            cols = slice(first, first + s[1] * (w - 1) + 1, s[1])
             weight = conv.weight[:, :, ty, tx].t().to(values.dtype)  # (C', C)
             top, left = d[0] * ty * sy, d[1] * tx * sx
             for i in range(ry):
                 gathered = padded[i, :, rows, cols].reshape(-1, c_in)  # (R_x·h·w, C')
                 out[top + i, left : left + rx].view(-1, c_out).addmm_(gathered, weight)
     stride = (sy * s[0], sx * s[1])
-    origin = (patches.origin[0] + p[0] * sy, patches.origin[1] + p[1] * sx)
+    origin = (patches.origin[0] + p[0] * sy - stride[0] * units[0].start,
+              patches.origin[1] + p[1] * sx - stride[1] * units[1].start)
     return Patches(out.view(-1, h, w, c_out).permute(0, 3, 1, 2), side, stride, origin)
+
+
+def _crop(patches: Patches, units: tuple[range, range]) -> Patches:
+    """Keep the positions ``units`` (the origin moves with the first one)."""
+    values = patches.values[:, :, units[0].start : units[0].stop, units[1].start : units[1].stop]
+    (sy, sx), (oy, ox) = patches.stride, patches.origin
+    return Patches(values, patches.side, patches.stride,
+                   (oy - sy * units[0].start, ox - sx * units[1].start))
 
 
 def _window_squares(layers: list[tuple[str, nn.Module]], window: torch.Tensor,
                     units: tuple[range, range]) -> torch.Tensor:
-    """(1, 1, H, W) window -> (H, W): squared derivatives of its latent ``units``, summed."""
+    """(1, 1, H, W) window -> (H, W): squared derivatives of its latent ``units``, summed.
+
+    Every layer runs on the whole window up to the last convolution, which is computed for the
+    positions of ``units`` only; the layers after it run on those positions.
+    """
     act = window.contiguous(memory_format=torch.channels_last)
     ones = torch.ones(1, 1, *window.shape[2:], dtype=window.dtype, device=window.device)
     patches = Patches(ones.contiguous(memory_format=torch.channels_last), (1, 1), (1, 1), (0, 0))
-    for path, layer in layers:
+    convs = [position for position, (_, layer) in enumerate(layers)
+             if isinstance(layer, nn.Conv2d)]
+    if not convs:  # pointwise layers only: the latent grid is the pixel grid
+        patches = _crop(patches, units)
+        act = act[:, :, units[0].start : units[0].stop, units[1].start : units[1].stop]
+    for position, (path, layer) in enumerate(layers):
         if isinstance(layer, nn.Conv2d):
             act = layer(act)
-            patches = _conv(layer, patches, act.shape[2:])
+            if position == convs[-1]:
+                act = act[:, :, units[0].start : units[0].stop, units[1].start : units[1].stop]
+                patches = _conv(layer, patches, units)
+            else:
+                patches = _conv(layer, patches, (range(act.shape[2]), range(act.shape[3])))
         else:
             twin: Twin = layer_kind(layer, path).twin(layer)
             act, state = twin.real(act)
             patches = Patches(twin.linear(state, patches.values), patches.side, patches.stride,
                               patches.origin)
     squares = patches.values.square().sum(dim=1)  # (R², h, w)
-    keep = torch.zeros(squares.shape[1:], dtype=torch.bool, device=squares.device)
-    keep[units[0].start : units[0].stop, units[1].start : units[1].stop] = True
-    squares = torch.where(keep, squares, 0.0)
     (ry, rx), (sy, sx), (oy, ox) = patches.side, patches.stride, patches.origin
     h, w = squares.shape[1:]
     height, width = window.shape[2:]
-    canvas = squares.new_zeros(max(sy * (h + -(-ry // sy)), oy + height),
-                               max(sx * (w + -(-rx // sx)), ox + width), 1)
+    canvas = squares.new_zeros(sy * (h + -(-ry // sy)), sx * (w + -(-rx // sx)), 1)
     _add_patches(canvas, squares.view(ry, rx, h, w, 1).permute(2, 3, 0, 1, 4), (0, 0), (sy, sx))
-    return canvas[oy : oy + height, ox : ox + width, 0]
+    # canvas index c holds pixel c - origin; copy the part inside the window
+    r2 = squares.new_zeros(height, width)
+    top, left = max(0, -oy), max(0, -ox)
+    bottom, right = min(height, canvas.shape[0] - oy), min(width, canvas.shape[1] - ox)
+    r2[top:bottom, left:right] = canvas[top + oy : bottom + oy, left + ox : right + ox, 0]
+    return r2
 
 
 def _unit_blocks(rows: range, cols: range, per_unit: int,
                  budget: int) -> list[tuple[range, range]]:
-    """Cut the latent ``rows`` × ``cols`` into square-ish blocks of at most ``budget`` bytes."""
+    """Cut the latent ``rows`` × ``cols`` into even, square-ish blocks of at most ``budget``."""
     units = max(1, budget // max(per_unit, 1))
     if len(rows) * len(cols) <= units:
         return [(rows, cols)]
     side = max(1, int(units**0.5))
-    return [(range(u, min(u + side, rows.stop)), range(v, min(v + side, cols.stop)))
-            for u in range(rows.start, rows.stop, side) for v in range(cols.start, cols.stop, side)]
+
+    def even(axis: range) -> list[range]:
+        count = -(-len(axis) // side)
+        edges = [axis.start + len(axis) * i // count for i in range(count + 1)]
+        return [range(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+
+    return [(r, c) for r in even(rows) for c in even(cols)]
 
 
 def _bytes_per_unit(layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> int:
@@ -204,7 +235,8 @@ def patch_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | None
         ``"complex64"`` or ``"complex128"`` (float32 or float64 arithmetic); default: that of
         the encoder's weights.
     chunk
-        Latent units per block; default: as many as fit :data:`PATCH_BYTES`.
+        Latent positions (all channels) per block; default: as many as fit
+        :data:`PATCH_BYTES`.
     progress
         Show a progress bar over the blocks.
 
