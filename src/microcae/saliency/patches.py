@@ -16,7 +16,7 @@ pixel (S_l·y − o_l + i, S_l·x − o_l + j) is built for every unit from one 
 
 Then r_ij² is the sum, over the latent units whose patch holds pixel (i, j), of the squared
 entries there: no cotangents and no colour classes. The work is Σ_l (multiply-adds of layer l)
-× R_{l−1}² (:func:`patch_macs`): about 62 GMAC for a 256² tile of the codec's encoder, against
+× R_{l−1}² (:func:`patch_macs`): about 69 GMAC for a 256² tile of the codec's encoder, against
 about 1 TMAC for reverse mode (1,536 dense transposed passes). Where R² grows faster than the
 reverse mode's Q²·C (a deep encoder with few latent channels) or the encoder has other layers
 (max-pools, global layers), ``vjp`` is the engine; :func:`~microcae.saliency.registry.
