@@ -7,9 +7,9 @@ Modes:
   computed; the maps are put back together and cropped to the image.
 - ``"whole"``: the relevance for the latent of the *whole* image (padded to a multiple of the
   latent stride), without tiles. The encoder is fully convolutional, so this is exact in
-  pieces. Engines that pull back latent units (``vjp``) map the image in blocks of latent
-  units: each block's window holds the receptive fields of its units, each unit is pulled back
-  once, and the blocks' squared derivatives add up to r². Other local engines map windows of
+  pieces. Engines that work per latent unit (``vjp``, ``patches``: their records' ``by_units``)
+  map the image in blocks of latent units: each block's window holds the receptive fields of
+  its units, each unit counts once, and the blocks' squared derivatives add up to r². Other local engines map windows of
   pixels with a halo wider than the farthest reach of any unit a core pixel feeds.
 - ``"auto"`` (the default): ``"whole"`` for images larger than a tile (with a local method),
   else ``"tile"``.
