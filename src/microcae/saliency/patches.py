@@ -37,7 +37,7 @@ from microcae.saliency.engines import _at_precision, _each_image
 from microcae.saliency.footprint import _on_meta, encoder_footprint, layer_macs, unit_window
 from microcae.saliency.layers import layer_kind, leaves, pointwise_reach
 from microcae.saliency.registry import register
-from microcae.saliency.twins import Twin
+from microcae.saliency.twins import Conv2dTwin, Twin
 from microcae.util.errors import MicrocaeError
 
 PATCH_BYTES = 512 * 2**20
@@ -67,12 +67,16 @@ class Patches:
 
 
 def _problem(path: str, layer: nn.Module) -> str | None:
-    """Why ``layer`` cannot be handled here (None: a pointwise layer or a plain Conv2d)."""
-    if isinstance(layer, nn.Conv2d):
+    """Say why ``layer`` cannot be handled here (None: a pointwise layer or a plain Conv2d).
+
+    The kinds come from the layer table: Conv2d's twin, or a pointwise reach.
+    """
+    kind = layer_kind(layer, path)
+    if kind.twin is Conv2dTwin:
         if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             return f"layer '{path}' (Conv2d) has groups, a padding mode or string padding"
         return None
-    if layer_kind(layer, path).reach is not pointwise_reach:
+    if kind.reach is not pointwise_reach:
         return f"layer '{path}' ({type(layer).__name__}) is neither a convolution nor pointwise"
     return None
 
