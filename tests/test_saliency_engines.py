@@ -13,8 +13,6 @@ from microcae.saliency import METHODS, relevance
 from microcae.saliency.engines import passes
 from microcae.saliency.footprint import alignment, encoder_footprint
 from microcae.saliency.kinks import kink_pixels
-from microcae.saliency.layers import LayerKind, pointwise_reach, register_layer_kind
-from microcae.saliency.twins import GDNTwin
 from microcae.util.errors import MicrocaeError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
@@ -60,43 +58,11 @@ def global_head_encoder() -> nn.Sequential:
     ).double().eval()
 
 
-class TinyGDN(nn.Module):
-    """GDN written from its formula, y = x / sqrt(beta + conv1x1(x * x, gamma)) (IGDN: times)."""
-
-    def __init__(self, channels: int, inverse: bool = False, seed: int = 0) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.inverse = inverse
-        self.beta = nn.Parameter(0.5 + torch.rand(channels, generator=generator))
-        self.gamma = nn.Parameter(0.3 * torch.rand(channels, channels, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = nn.functional.conv2d(x * x, self.gamma[:, :, None, None], self.beta)
-        return x * norm.sqrt() if self.inverse else x / norm.sqrt()
-
-
-try:  # one kind for the test module: its twin, a pointwise reach, no kinks
-    register_layer_kind(LayerKind((TinyGDN,), GDNTwin, pointwise_reach))
-except ValueError:  # already registered (module imported twice)
-    pass
-
-
-def codec_encoder() -> nn.Sequential:
-    """The codec's analysis transform in small: strided 5×5 convolutions and GDN."""
-    torch.manual_seed(7)
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, stride=2, padding=2), TinyGDN(6, seed=1),
-        nn.Conv2d(6, 6, 5, stride=2, padding=2), TinyGDN(6, inverse=True, seed=2),
-        nn.Conv2d(6, 4, 5, stride=2, padding=2),
-    ).double().eval()
-
-
 ARCHITECTURES = {
     "narrow-cae": (narrow_cae, (48, 64)),
     "trained-cae": (briefly_trained_cae, (64, 48)),
     "zoo": (zoo_encoder, (24, 40)),
     "global-head": (global_head_encoder, (10, 12)),
-    "codec": (codec_encoder, (40, 24)),
 }
 
 
@@ -284,6 +250,20 @@ def test_literal_complex_step_can_stop_after_some_pixels():
     assert part.flatten()[20:].isnan().all()
 
 
+@pytest.mark.parametrize("method", ["complex-step-coloured", "jvp"])
+def test_forward_engines_can_stop_after_some_colour_classes(method):
+    from microcae.saliency.footprint import pixel_classes
+
+    encoder = narrow_cae(5)
+    x = torch.rand(1, 1, 48, 48, dtype=torch.float64)
+    periods = encoder_footprint(encoder, x).forward_periods
+    full = relevance(encoder, x, method)
+    part = relevance(encoder, x, method, limit=100)
+    done = pixel_classes((48, 48), periods, range(100), torch.float64).sum(0).bool()
+    assert 0 < done.sum() < 48 * 48
+    assert torch.equal(part[0][done], full[0][done]) and part[0][~done].isnan().all()
+
+
 def test_blocks_of_latent_units_add_up_to_the_squared_relevance():
     from microcae.saliency.engines import reverse_squares
 
@@ -323,30 +303,3 @@ def test_whole_micrograph_on_the_gpu_agrees_with_the_cpu():
     on_gpu = micrograph_relevance(encoder.cuda(), pixels, mode="whole")
     np.testing.assert_allclose(on_gpu.relevance, on_cpu.relevance, rtol=1e-4, atol=1e-6)
     assert on_gpu.kink_pixels == on_cpu.kink_pixels
-
-
-@pytest.mark.parametrize("inverse", [False, True])
-def test_gdn_twin_is_the_complex_function_and_its_transpose(inverse):
-    import numpy as np
-
-    from microcae.saliency.layers import complexify
-
-    layer = TinyGDN(3, inverse=inverse, seed=3).double()
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(2, 3, 4, 5)), 0.5 * rng.normal(size=(2, 3, 4, 5))
-    z = a + 1j * b
-    gamma, beta = layer.gamma.detach().numpy(), layer.beta.detach().numpy()
-    norm = np.einsum("ij,njhw->nihw", gamma, z * z) + beta[None, :, None, None]  # z·z, not |z|²
-    expected = z * (np.sqrt(norm) if inverse else 1 / np.sqrt(norm))
-    twin = complexify(layer)
-    with torch.no_grad():
-        re, im = twin((torch.from_numpy(a), torch.from_numpy(b)))
-        assert torch.equal(re, layer(torch.from_numpy(a)))
-        np.testing.assert_allclose(im.numpy(), expected.imag, rtol=1e-12, atol=1e-14)
-        _, state = twin.real(torch.from_numpy(a))
-        ct = torch.from_numpy(rng.normal(size=(4, 3, 4, 5)))
-        got = twin.cotangent(state, ct)
-    x = torch.from_numpy(a)
-    expected_ct = torch.cat([torch.func.vjp(layer, x[n : n + 1])[1](ct[row : row + 1])[0]
-                             for row, n in ((0, 0), (1, 0), (2, 1), (3, 1))])
-    torch.testing.assert_close(got, expected_ct, rtol=1e-12, atol=1e-14)

@@ -11,6 +11,7 @@ from torch import nn
 from microcae.metrics.faithfulness import random_order_map
 from microcae.metrics.microstructure import sobel_map
 from microcae.models.cae import CAE, CAEConfig
+from microcae.models.gdn import GDN
 from microcae.saliency import METHODS, registry, relevance
 from microcae.saliency.baselines import lrp_conservation
 from microcae.saliency.layers import LAYERS, layer_kind, leaves
@@ -28,14 +29,14 @@ def test_the_study_method_is_the_fastest_exact_engine_and_the_default():
     assert torch.equal(relevance(encoder, x), by_engine)
     assert torch.equal(relevance(encoder, x, registry.STUDY_METHOD), by_engine)
     for engine in registry.names("engine", exact=True):
-        if engine != "complex-step-naive":
+        if engine not in ("complex-step-naive", "patches"):  # patches: no max-pools
             torch.testing.assert_close(relevance(encoder, x, engine), by_engine, rtol=1e-12,
                                        atol=0)
 
 
 def test_queries_filter_by_role_and_properties_in_preference_order():
     assert registry.names("engine", exact=True) == ("vjp", "complex-step-coloured", "jvp",
-                                                   "complex-step-naive")
+                                                   "complex-step-naive", "patches")
     assert registry.names(study=True) == ("complex-step", "gbp", "lrp-w2", "lrp-zbeta")
     assert registry.names("baseline") == ("gbp", "lrp-w2", "lrp-zbeta", "gradient",
                                           "integrated-gradients")
@@ -94,6 +95,7 @@ def test_every_layer_type_has_one_kind_and_the_zoo_uses_each_kind():
     assert len(types) == len(set(types))
     used = {type(layer) for _, layer in leaves(zoo_encoder())}
     used |= {nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.ReLU}  # the global-head encoder
+    used |= {GDN}  # the codec's encoder (tests/test_saliency_codec.py)
     assert used == set(types)
     assert layer_kind(nn.Linear(2, 2)).reach is None  # mixes all positions
     assert layer_kind(nn.MaxPool2d(2)).kinks is not None

@@ -14,7 +14,8 @@ from microcae.cli.options import (
     progress_option,
 )
 
-ENGINE_CHOICE = LazyChoice(("vjp", "complex-step-coloured", "jvp", "complex-step-naive"),
+ENGINE_CHOICE = LazyChoice(("vjp", "complex-step-coloured", "jvp", "complex-step-naive",
+                           "patches"),
                           "microcae.evaluation.comparison:EXACT_ENGINES")
 
 

@@ -16,7 +16,8 @@ from microcae.cli.options import (
 
 METHOD_CHOICE = LazyChoice(
     ("complex-step", "complex-step-coloured", "complex-step-naive", "gbp", "gradient",
-     "integrated-gradients", "jvp", "lrp-w2", "lrp-zbeta", "random", "sobel-edges", "vjp"),
+     "integrated-gradients", "jvp", "lrp-w2", "lrp-zbeta", "patches", "random", "sobel-edges",
+     "vjp"),
     "microcae.saliency:METHODS")
 PRECISION_CHOICE = LazyChoice(("complex128", "complex64"), "microcae.saliency.engines:PRECISIONS")
 CLIP_PERCENTILES = (0.5, 99.5)
@@ -29,7 +30,8 @@ CLIP_PERCENTILES = (0.5, 99.5)
 @model_option
 @click.option("--method", default="complex-step", show_default=True, type=METHOD_CHOICE,
               help="Relevance method. complex-step is the study's relevance by the fastest "
-                   "exact engine; the engines vjp, jvp, complex-step-coloured and "
+                   "exact engine for the model (vjp for the study's, patches for the codec's); "
+                   "the engines vjp, patches, jvp, complex-step-coloured and "
                    "complex-step-naive (literal) give the same numbers.")
 @click.option("--mode", type=click.Choice(["auto", "tile", "whole"]), default="auto",
               show_default=True,

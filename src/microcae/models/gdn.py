@@ -22,14 +22,24 @@ PEDESTAL = 2.0**-18
 
 
 class _BoundSTE(torch.autograd.Function):
-    """``clamp(x, lo, hi)`` whose gradient also passes where it would move ``x`` back inside."""
+    """``clamp(x, lo, hi)`` whose gradient also passes where it would move ``x`` back inside.
+
+    Written in the ``setup_context`` form, so ``torch.func`` transforms (``jacrev``, ``jvp``,
+    ``vmap``) can trace through it.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, lo: float,
-                hi: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
+    def forward(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         return x.clamp(lo, hi)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple,
+                      output: torch.Tensor) -> None:
+        x, ctx.lo, ctx.hi = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
@@ -37,6 +47,12 @@ class _BoundSTE(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         passes = ((x >= ctx.lo) | (grad < 0)) & ((x <= ctx.hi) | (grad > 0))
         return grad * passes.to(grad.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx: torch.autograd.function.FunctionCtx, tangent: torch.Tensor, *_: None
+            ) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return tangent * ((x >= ctx.lo) & (x <= ctx.hi)).to(tangent.dtype)  # clamp's own
 
 
 def bound_ste(x: torch.Tensor, lo: float = float("-inf"), hi: float = float("inf")) -> torch.Tensor:
@@ -64,6 +80,11 @@ def _norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, rows: bool) 
     return torch.matmul(gamma, x * x).add_(beta[:, None])
 
 
+def _mix(v: torch.Tensor, gamma: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``gamma · v`` over the channel axis of rows (P, C) or columns (N, C, P)."""
+    return v @ gamma.t() if rows else torch.matmul(gamma, v)
+
+
 class _FusedGDN(torch.autograd.Function):
     """GDN with a hand-written backward that keeps only ``x`` and the factor.
 
@@ -74,23 +95,49 @@ class _FusedGDN(torch.autograd.Function):
     ``dgamma = sum g · (x²)ᵀ``, ``dbeta = sum g``.
     """
 
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, gamma: torch.Tensor,
-                beta: torch.Tensor, inverse: bool, rows: bool) -> torch.Tensor:
-        norm = _norm(x, gamma, beta, rows)
-        factor = norm.sqrt_() if inverse else norm.rsqrt_()
-        ctx.save_for_backward(x, factor, gamma)
-        ctx.inverse, ctx.rows = inverse, rows
-        return x * factor
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor
+    def forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, inverse: bool,
+                rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = _norm(x, gamma, beta, rows)
+        factor = norm.sqrt_() if inverse else norm.rsqrt_()
+        return x * factor, factor
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple,
+                      output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, gamma, _, ctx.inverse, ctx.rows = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, output[1], gamma)
+        ctx.save_for_forward(x, output[1], gamma)
+
+    @staticmethod
+    def _slope(ctx: torch.autograd.function.FunctionCtx, factor: torch.Tensor) -> torch.Tensor:
+        """``df/dnorm``: ``-f³/2`` (GDN) or ``1/(2f)`` (IGDN)."""
+        return 0.5 / factor if ctx.inverse else factor.pow(3) * -0.5
+
+    @staticmethod
+    def jvp(ctx: torch.autograd.function.FunctionCtx, dx: torch.Tensor | None,
+            dgamma: torch.Tensor | None, dbeta: torch.Tensor | None, *_: None
+            ) -> tuple[torch.Tensor, None]:
+        """Forward mode: ``dy = dx * f + x * df/dnorm * (gamma · 2x dx + dgamma · x² + dbeta)``."""
+        x, factor, gamma = ctx.saved_tensors
+        dnorm = torch.zeros_like(factor)
+        if dx is not None:
+            dnorm = dnorm + _mix(2 * x * dx, gamma, ctx.rows)
+        if dgamma is not None:
+            dnorm = dnorm + _mix(x * x, dgamma, ctx.rows)
+        if dbeta is not None:
+            dnorm = dnorm + (dbeta if ctx.rows else dbeta[:, None])
+        dy = x * _FusedGDN._slope(ctx, factor) * dnorm
+        return (dy if dx is None else dy + dx * factor), None
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, _: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None, None]:
         x, factor, gamma = ctx.saved_tensors
-        if ctx.inverse:
-            g = dy * x * 0.5 / factor
-        else:
-            g = dy * x * factor.pow(3) * -0.5
+        g = dy * x * _FusedGDN._slope(ctx, factor)
         if ctx.rows:
             dx = torch.mm(g, gamma)
             dgamma = torch.mm(g.t(), x * x) if ctx.needs_input_grad[1] else None
@@ -100,7 +147,7 @@ class _FusedGDN(torch.autograd.Function):
             dgamma = (torch.matmul(g, (x * x).transpose(1, 2)).sum(0)
                       if ctx.needs_input_grad[1] else None)
             dbeta = g.sum((0, 2)) if ctx.needs_input_grad[2] else None
-        dx = dx.mul_(x).mul_(2.0).addcmul_(dy, factor)
+        dx = torch.addcmul(dx.mul_(x).mul_(2.0), dy, factor)  # out of place: vmap has a rule
         return dx, dgamma, dbeta, None, None
 
 
@@ -169,7 +216,7 @@ class GDN(nn.Module):
         flat = x.permute(0, 2, 3, 1).reshape(-1, c) if rows else x.reshape(n, c, h * w)
         gamma, beta = self.gamma.to(x.dtype), self.beta.to(x.dtype)
         if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):
-            out = _FusedGDN.apply(flat, gamma, beta, self.inverse, rows)
+            out = _FusedGDN.apply(flat, gamma, beta, self.inverse, rows)[0]
         else:  # inference: two buffers, in place
             norm = _norm(flat, gamma, beta, rows)
             out = (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(flat)

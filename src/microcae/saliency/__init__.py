@@ -5,7 +5,12 @@ name (also the CLI's ``--method`` choices) to its record (:class:`~microcae.sali
 Method`: callable, title, role, exactness, locality, preference, conservation check).
 """
 
-from microcae.saliency import baselines, controls, engines  # noqa: F401  (register their methods)
+from microcae.saliency import (  # noqa: F401  (register their methods)
+    baselines,
+    controls,
+    engines,
+    patches,
+)
 from microcae.saliency.registry import METHODS, Method, relevance
 
 __all__ = ["METHODS", "Method", "relevance"]

@@ -31,6 +31,13 @@ from microcae.saliency.registry import register
 
 LRP_STABILIZER = 1e-6
 """Zennit's stabiliser: each LRP denominator d becomes d + 1e-6·sign(d) (sign(0) = +1)."""
+RELU_NETWORK = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                nn.Flatten, nn.Identity, nn.Dropout)
+"""Layer types GBP and LRP are defined for: ReLU networks of convolutions, linear layers and
+pools (GBP rewrites the ReLUs' gradients; the LRP rules here are for convolutions and pass
+relevance through ReLUs and pools). Other layers, e.g. the codec's GDN, are refused with a
+one-line error (:func:`microcae.saliency.registry.check_encoder`) instead of a silent
+plain-gradient pass."""
 
 
 class LatentNorm(nn.Module):
@@ -53,7 +60,7 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(True)
 
 
-@register("gbp", "GBP", "baseline", preference=1, study=True)
+@register("gbp", "GBP", "baseline", preference=1, study=True, layers=RELU_NETWORK)
 def guided_backprop(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Guided backpropagation of the latent's L2 norm (Captum ``GuidedBackprop``).
 
@@ -202,7 +209,7 @@ def _lrp(encoder: nn.Module, x: torch.Tensor, first_rule: Hook) -> torch.Tensor:
 
 
 @register("lrp-w2", "LRP-w²", "baseline", preference=2, study=True,
-          conservation=lrp_conservation)
+          conservation=lrp_conservation, layers=RELU_NETWORK)
 def lrp_w2(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LRP with the w² rule on the first convolution and z+ elsewhere, seeded with the latent.
 
@@ -228,7 +235,7 @@ def lrp_w2(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @register("lrp-zbeta", "LRP-β", "baseline", preference=3, study=True,
-          conservation=lrp_conservation)
+          conservation=lrp_conservation, layers=RELU_NETWORK)
 def lrp_zbeta(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LRP with the z^β (ZBox) rule, bounds [0, 1], on the first convolution and z+ elsewhere.
 

@@ -13,6 +13,10 @@ how many linear passes they need (counts for a 256² tile and the study's encode
 - ``vjp``: the twins' transposed linearisation, one cotangent per reverse colour class,
   Q_r·Q_c·C = 3·3·8 = 72.
 
+A fifth engine, ``patches`` (:mod:`microcae.saliency.patches`), builds every latent unit's
+derivative on its receptive field layer by layer, for encoders of convolutions and pointwise
+layers only (the codec's analysis transform, where it is the fastest).
+
 Conventions at kinks (one-sided derivatives, the same in every engine and in torch's autograd):
 a ReLU whose input is exactly 0 has slope 0; a max-pool window with tied maxima sends the
 derivative to the first maximal element in row-major order (torch's argmax).
@@ -33,9 +37,11 @@ from tqdm import tqdm
 
 from microcae.saliency.footprint import (
     Footprint,
+    _on_meta,
     encoder_footprint,
     footprint_sums,
     latent_classes,
+    layer_macs,
     pixel_classes,
 )
 from microcae.saliency.layers import complexify
@@ -153,13 +159,19 @@ def _each_image(one: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
 
 
 def _coloured_forward(push: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                      footprint: Footprint, chunk: int, label: str,
-                      progress: bool) -> torch.Tensor:
-    """Return r from forward colour classes; ``push`` maps (N·K, 1, H, W) seeds to columns."""
+                      footprint: Footprint, chunk: int, label: str, progress: bool,
+                      limit: int | None = None) -> torch.Tensor:
+    """Return r from forward colour classes; ``push`` maps (N·K, 1, H, W) seeds to columns.
+
+    With ``limit``, only the first ``limit`` classes are pushed; the other pixels are NaN.
+    """
     periods = footprint.forward_periods
     n, _, height, width = x.shape
     r2 = torch.zeros(n, height, width, dtype=x.dtype, device=x.device)
-    total = periods[0] * periods[1]
+    total = periods[0] * periods[1] if limit is None else min(limit, periods[0] * periods[1])
+    if total < periods[0] * periods[1]:
+        r2 -= 1 - pixel_classes((height, width), periods, range(total), x.dtype,
+                                x.device).sum(0)  # -1: not computed
     for start in _chunks(total, chunk, label, progress):
         classes = range(start, min(start + chunk, total))
         masks = pixel_classes((height, width), periods, classes, x.dtype, x.device)
@@ -167,15 +179,15 @@ def _coloured_forward(push: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
         columns = push(seeds.contiguous(memory_format=torch.channels_last))
         squares = _latent_squares(columns, n, footprint.flat)
         r2 += footprint_sums(squares, footprint, periods, classes)
-    return r2.sqrt()
+    return r2.sqrt()  # NaN where not computed
 
 
 @register("complex-step-coloured", "complex step (coloured)", "engine", exact=True, local=True,
           preference=1)
 @torch.no_grad()
 def complex_step_coloured(encoder: nn.Module, x: torch.Tensor, h: float = DEFAULT_H,
-                 precision: str | None = None, chunk: int | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                          precision: str | None = None, chunk: int | None = None,
+                          progress: bool = False, limit: int | None = None) -> torch.Tensor:
     """Coloured complex step: every pixel of a forward colour class perturbed in one pass.
 
     Pixels whose latent footprints are disjoint (:mod:`microcae.saliency.footprint`) share the
@@ -189,6 +201,9 @@ def complex_step_coloured(encoder: nn.Module, x: torch.Tensor, h: float = DEFAUL
         As :func:`complex_step_naive`.
     chunk
         Colour classes (passes) evaluated together; default: as many as fit about 256 MiB.
+    limit
+        Push only the first ``limit`` colour classes and leave the other pixels NaN (for
+        timing the engine on part of its passes).
 
     Returns
     -------
@@ -206,14 +221,16 @@ def complex_step_coloured(encoder: nn.Module, x: torch.Tensor, h: float = DEFAUL
         def push(masks: torch.Tensor) -> torch.Tensor:
             return twin.tangent(state, masks * h) / h
 
-        return _coloured_forward(push, image, footprint, chunk, "complex-step passes", progress)
+        return _coloured_forward(push, image, footprint, chunk, "complex-step passes", progress,
+                                 limit)
 
     return _each_image(one, x)
 
 
 @register("jvp", "jvp", "engine", exact=True, local=True, preference=2)
 def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
-        chunk: int | None = None, progress: bool = False) -> torch.Tensor:
+        chunk: int | None = None, progress: bool = False,
+        limit: int | None = None) -> torch.Tensor:
     """Forward-mode autodiff (``torch.func.jvp``, vmapped) with the complex step's colouring.
 
     Independent of the complex twins: torch's own forward-mode derivatives of the real encoder.
@@ -224,6 +241,8 @@ def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         As :func:`complex_step_naive`.
     chunk
         Tangents (colour classes) pushed together; default: as many as fit about 256 MiB.
+    limit
+        As :func:`complex_step_coloured`.
 
     Returns
     -------
@@ -243,7 +262,7 @@ def jvp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         def push(masks: torch.Tensor) -> torch.Tensor:
             return torch.vmap(lambda t: torch.func.jvp(forward, (image,), (t[None],))[1][0])(masks)
 
-        return _coloured_forward(push, image, footprint, chunk, "jvp passes", progress)
+        return _coloured_forward(push, image, footprint, chunk, "jvp passes", progress, limit)
 
     with warnings.catch_warnings():
         # torch's forward AD loads its decompositions through the deprecated torch.jit.script
@@ -312,8 +331,18 @@ def reverse_squares(encoder: nn.Module, x: torch.Tensor, latent_rows: range | No
     return _each_image(one, x)
 
 
+def reverse_macs(encoder: nn.Module, x: torch.Tensor) -> float:
+    """Estimated multiply-adds of :func:`vjp` for one image shaped like ``x``.
+
+    Its cotangents times the multiply-adds of one dense pass (a transposed pass costs about
+    as much as the real one; :func:`~microcae.saliency.footprint.layer_macs`). The fused first
+    stages of conv–ReLU–max-pool encoders make the study's encoder much cheaper than this.
+    """
+    return float(passes(encoder, x, "vjp") * sum(layer_macs(encoder, x)))
+
+
 @register("vjp", "vjp", "engine", exact=True, local=True, preference=0,
-          by_units=reverse_squares)
+          by_units=reverse_squares, cost=reverse_macs)
 def vjp(encoder: nn.Module, x: torch.Tensor, precision: str | None = None,
         chunk: int | None = None, progress: bool = False) -> torch.Tensor:
     """Reverse mode: latent units with disjoint input supports seeded together.
@@ -349,17 +378,21 @@ def _reverse_chunk(chunk: int | None, twin: Twin, state: Any, image: torch.Tenso
 
 
 def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:
-    """Count the linear passes an engine needs per image shaped like ``x`` (N, 1, H, W)."""
+    """Count the linear passes an engine needs per image shaped like ``x`` (N, 1, H, W).
+
+    ``patches`` makes one real pass (it builds every unit's patch Jacobian layer by layer).
+    """
     height, width = x.shape[2:]
-    method = fastest_exact() if method == STUDY_METHOD else method
+    method = fastest_exact(encoder, x) if method == STUDY_METHOD else method
     if method == "complex-step-naive":
         return height * width
+    if method == "patches":
+        return 1
     footprint = encoder_footprint(encoder, x)
     if method in ("complex-step-coloured", "jvp"):
         return int(np.prod(footprint.forward_periods))
     if method == "vjp":
-        with torch.no_grad():
-            out = encoder(x[:1])
+        out = _on_meta(encoder, torch.zeros(x[:1].shape, dtype=x.dtype, device="meta"))
         channels = out[0].numel() if footprint.flat else out.shape[1]
         return int(np.prod(footprint.reverse_periods)) * channels
     raise MicrocaeError(f"no pass count for method {method!r}")
@@ -367,21 +400,23 @@ def passes(encoder: nn.Module, x: torch.Tensor, method: str) -> int:
 
 @register(STUDY_METHOD, "complex-step", "study", exact=True, local=True, study=True)
 def study_relevance(encoder: nn.Module, x: torch.Tensor, **options: Any) -> torch.Tensor:
-    """Compute the study's complex-step relevance with the fastest exact engine.
+    """Compute the study's complex-step relevance with the fastest exact engine for the encoder.
 
     Every exact engine gives the same r_ij to floating-point precision; this one name is the
     study's method wherever it is shown (comparisons, reports, the default of ``relevance``).
+    The engine is :func:`microcae.saliency.registry.fastest_exact` for this encoder and input
+    size: ``vjp`` for the study's encoder, ``patches`` for the codec's analysis transform.
 
     Parameters
     ----------
     encoder, x
         As :func:`complex_step_naive`.
     **options
-        Passed to the engine (:func:`microcae.saliency.registry.fastest_exact`).
+        Passed to the engine (``precision``, ``chunk``, ``progress``).
 
     Returns
     -------
     torch.Tensor
         (N, H, W) relevance.
     """
-    return METHODS[fastest_exact()].function(encoder, x, **options)
+    return METHODS[fastest_exact(encoder, x)].function(encoder, x, **options)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from microcae.saliency.layers import layer_kind, leaves
 from microcae.util.errors import MicrocaeError
@@ -187,6 +188,60 @@ def encoder_footprint(encoder: nn.Module, x: torch.Tensor) -> Footprint:
     if not flat and probe.dim() != 4:
         raise MicrocaeError(f"encoder output has shape {tuple(probe.shape)}; expected 4-D")
     return Footprint(axes[0], axes[1], flat, peak)
+
+
+@torch.no_grad()
+def layer_macs(encoder: nn.Module, x: torch.Tensor) -> list[int]:
+    """Multiply-adds of each layer of one real pass (:func:`~microcae.saliency.layers.leaves`).
+
+    Counted by torch's ``FlopCounterMode`` on meta tensors (no arithmetic): convolutions,
+    matrix products (linear layers, GDN's channel sums); elementwise work counts 0.
+
+    Parameters
+    ----------
+    encoder
+        An ``nn.Sequential`` (nested allowed).
+    x
+        (N, C, H, W) input; only its shape and dtype are used, for one sample.
+
+    Returns
+    -------
+    list of int
+        One count per leaf layer, in order.
+    """
+    probe = torch.zeros(x[:1].shape, dtype=x.dtype, device="meta")
+    counts = []
+    for _, layer in leaves(encoder):
+        with FlopCounterMode(display=False) as counter:
+            probe = _on_meta(layer, probe)
+        counts.append(counter.get_total_flops() // 2)
+    return counts
+
+
+def unit_window(first: np.ndarray, last: np.ndarray, units: range, step: int,
+                size: int) -> tuple[int, int]:
+    """Pixel range, aligned to the latent grid, that the latent ``units`` of one axis read.
+
+    Parameters
+    ----------
+    first, last
+        (n_out,) :meth:`AxisFootprint.supports` of the axis.
+    units
+        Consecutive latent indices.
+    step
+        Latent stride in pixels (the window starts at a multiple of it, so every layer's grid
+        of the window lines up with the image's and the units keep their values).
+    size
+        Image length along the axis.
+
+    Returns
+    -------
+    (int, int)
+        ``(low, high)``: pixels ``low .. high - 1``.
+    """
+    low = int(first[units.start : units.stop].min()) // step * step
+    high = min(-(-(int(last[units.start : units.stop].max()) + 1) // step) * step, size)
+    return low, high
 
 
 def pixel_classes(shape: tuple[int, int], periods: tuple[int, int], classes: Sequence[int],

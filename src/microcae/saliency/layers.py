@@ -10,10 +10,10 @@ the table :data:`LAYERS`:
 - :func:`microcae.saliency.kinks.kink_pixels` asks each kind's ``kinks`` where its derivative is
   one-sided.
 
-To support a new layer type, add one :class:`LayerKind` here (or, for a type defined in a
-higher package, pass it to :func:`register_layer_kind`). Generalised divisive normalisation
-(GDN, the codec's nonlinearity) has :class:`~microcae.saliency.twins.GDNTwin` with
-:func:`pointwise_reach` and no kinks.
+To support a new layer type of microcae, add one :class:`LayerKind` here; a layer type defined
+outside microcae (a user's own module) is added with :func:`register_layer_kind`. The codec's
+generalised divisive normalisation (:class:`microcae.models.gdn.GDN`, GDN and IGDN) has
+:class:`~microcae.saliency.twins.GDNTwin` with :func:`pointwise_reach` and no kinks.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from microcae.models.gdn import GDN
 from microcae.saliency.canonizers import canonize
 from microcae.saliency.twins import (
     AnalyticTwin,
     BatchNorm2dTwin,
     Conv2dTwin,
+    GDNTwin,
     LinearMapTwin,
     LinearTwin,
     MaxPool2dTwin,
@@ -197,6 +199,7 @@ LAYERS: tuple[LayerKind, ...] = (
     LayerKind((nn.Identity,), LinearMapTwin, pointwise_reach),
     LayerKind((nn.Dropout,), LinearMapTwin, pointwise_reach, None, _eval_only),
     LayerKind((nn.BatchNorm2d,), BatchNorm2dTwin, pointwise_reach, None, _eval_only),
+    LayerKind((GDN,), GDNTwin, pointwise_reach),
 )
 """Every supported layer family. Add an entry to support a new layer type."""
 
@@ -204,7 +207,10 @@ _BY_TYPE = {layer_type: kind for kind in LAYERS for layer_type in kind.types}
 
 
 def register_layer_kind(kind: LayerKind) -> None:
-    """Add a layer kind whose torch type is defined elsewhere (e.g. a GDN module).
+    """Add a kind for a layer type defined outside microcae (a user's own module).
+
+    The engines, footprints and kink diagnostic then accept encoders that use it, as if it
+    were in :data:`LAYERS` (microcae's own layer types belong in that table).
 
     Parameters
     ----------

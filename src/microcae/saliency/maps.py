@@ -7,9 +7,9 @@ Modes:
   computed; the maps are put back together and cropped to the image.
 - ``"whole"``: the relevance for the latent of the *whole* image (padded to a multiple of the
   latent stride), without tiles. The encoder is fully convolutional, so this is exact in
-  pieces. Engines that pull back latent units (``vjp``) map the image in blocks of latent
-  units: each block's window holds the receptive fields of its units, each unit is pulled back
-  once, and the blocks' squared derivatives add up to r². Other local engines map windows of
+  pieces. Engines that work per latent unit (``vjp``, ``patches``: their records' ``by_units``)
+  map the image in blocks of latent units: each block's window holds the receptive fields of
+  its units, each unit counts once, and the blocks' squared derivatives add up to r². Other local engines map windows of
   pixels with a halo wider than the farthest reach of any unit a core pixel feeds.
 - ``"auto"`` (the default): ``"whole"`` for images larger than a tile (with a local method),
   else ``"tile"``.
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from microcae.data.tiling import stitch_tiles
 from microcae.models.inference import micrograph_grid, tile_batches
-from microcae.saliency.footprint import Footprint, alignment, encoder_footprint
+from microcae.saliency.footprint import Footprint, alignment, encoder_footprint, unit_window
 from microcae.saliency.kinks import kink_pixels
 from microcae.saliency.registry import (
     STUDY_METHOD,
@@ -175,14 +175,6 @@ def _by_windows(canvas: _Canvas, compute: Callable[[torch.Tensor], torch.Tensor]
     return out
 
 
-def _unit_window(first: np.ndarray, last: np.ndarray, units: range, step: int,
-                 size: int) -> tuple[int, int]:
-    """Pixel range (aligned to the latent grid) that the latent ``units`` of one axis read."""
-    low = int(first[units.start : units.stop].min()) // step * step
-    high = min(-(-(int(last[units.start : units.stop].max()) + 1) // step) * step, size)
-    return low, high
-
-
 def _by_units(encoder: nn.Module, canvas: _Canvas, record: Method, progress: bool,
               options: dict[str, Any]) -> torch.Tensor:
     """Sum the squared derivatives of blocks of latent units, each on its units' window; sqrt.
@@ -193,15 +185,16 @@ def _by_units(encoder: nn.Module, canvas: _Canvas, record: Method, progress: boo
     step, (height, width) = canvas.step, canvas.pixels.shape
     first_r, last_r = canvas.footprint.rows.supports()  # pixel rows each latent row reads
     first_c, last_c = canvas.footprint.cols.supports()
-    margin = 3 * step  # receptive field beyond a block, about (46 - 16) px rounded up
+    field = int(max((last_r - first_r).max(), (last_c - first_c).max())) + 1  # receptive field
+    margin = -(-(field - step) // step) * step  # beyond a block (study: 46 - 16 -> 48 px)
     rows, cols = (n // step for n in _sides(canvas, margin, MIN_BAND * step, WHOLE_PIXELS))
     r2 = torch.zeros(canvas.pixels.shape, dtype=canvas.pixels.dtype)
     blocks = [(range(u, min(u + rows, len(first_r))), range(v, min(v + cols, len(first_c))))
               for u in range(0, len(first_r), rows) for v in range(0, len(first_c), cols)]
     for unit_rows, unit_cols in tqdm(blocks, desc="unit blocks", unit="block",
                                      disable=not progress, leave=False):
-        top, bottom = _unit_window(first_r, last_r, unit_rows, step, height)
-        left, right = _unit_window(first_c, last_c, unit_cols, step, width)
+        top, bottom = unit_window(first_r, last_r, unit_rows, step, height)
+        left, right = unit_window(first_c, last_c, unit_cols, step, width)
         local = (range(unit_rows.start - top // step, unit_rows.stop - top // step),
                  range(unit_cols.start - left // step, unit_cols.stop - left // step))
         window = canvas.pixels[top:bottom, left:right][None, None]
@@ -212,7 +205,8 @@ def _by_units(encoder: nn.Module, canvas: _Canvas, record: Method, progress: boo
 
 def _whole(encoder: nn.Module, pixels: np.ndarray, method: str, progress: bool,
            options: dict[str, Any]) -> MicrographRelevance:
-    record = lookup(fastest_exact() if method == STUDY_METHOD else method)
+    probe = torch.zeros(1, 1, *pixels.shape, dtype=_weights(encoder)[0])
+    record = lookup(fastest_exact(encoder, probe) if method == STUDY_METHOD else method)
     if not record.local:
         raise MicrocaeError(f"--mode whole needs a local exact method {names(local=True)}, "
                             f"not {method!r}; use --mode tile")

@@ -22,6 +22,9 @@ from microcae.util.runtime import configure_allocator
 
 RelevanceMethod = Callable[..., torch.Tensor]
 """``method(encoder, x, **options) -> (N, H, W)`` relevance for a batch ``x`` of (N, 1, H, W)."""
+CostEstimate = Callable[[nn.Module, torch.Tensor], "float | None"]
+"""``cost(encoder, x) -> multiply-adds`` for one image shaped like ``x`` (None: the engine does
+not apply to the encoder)."""
 ConservationCheck = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``check(encoder, x, maps) -> (N,)``: share of a conserved quantity that reached the input."""
 Role = Literal["study", "engine", "baseline", "control"]
@@ -53,8 +56,8 @@ class Method:
         r_ij involves only the latent units pixel (i, j) feeds, so a whole image can be mapped
         in strips with halos and give the same numbers.
     preference
-        Place in default orders: among exact engines, 0 is the fastest; among baselines, the
-        order of comparison tables.
+        Place in default orders: among exact engines, 0 is the fastest on the study's encoder;
+        among baselines, the order of comparison tables.
     study
         Shown in the study's Fig. 11 (the method and the baselines it compared).
     conservation
@@ -64,6 +67,14 @@ class Method:
         r² that the latent units of that block contribute, or None. The parts of a partition of
         the latent grid add up to r², so whole images can be mapped window by window, each unit
         once.
+    cost
+        Estimated multiply-adds on a given encoder (see :data:`CostEstimate`), or None; the
+        study's method runs the exact engine with the smallest estimate
+        (:func:`fastest_exact`).
+    layers
+        The layer types the method is defined for (LRP's rules and guided backpropagation
+        assume ReLU networks of convolutions and pools), or None: any layer (the exact engines
+        check their own layer table, :data:`microcae.saliency.layers.LAYERS`).
     """
 
     name: str
@@ -76,6 +87,8 @@ class Method:
     study: bool = False
     conservation: ConservationCheck | None = None
     by_units: RelevanceMethod | None = None
+    cost: CostEstimate | None = None
+    layers: tuple[type[nn.Module], ...] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -111,17 +124,61 @@ def lookup(name: str) -> Method:
     return METHODS[name]
 
 
+def check_encoder(name: str, encoder: nn.Module) -> None:
+    """Refuse an encoder with a layer the method is not defined for (see :attr:`Method.layers`).
+
+    Raises
+    ------
+    MicrocaeError
+        One line naming the method, the layer's path and type, and the supported types.
+    """
+    record = lookup(name)
+    if record.layers is None:
+        return
+    for path, layer in encoder.named_modules(prefix="encoder"):
+        if next(layer.children(), None) is None and type(layer) not in record.layers:
+            supported = ", ".join(sorted(t.__name__ for t in record.layers))
+            raise MicrocaeError(
+                f"method {name!r} is defined for encoders of {supported} layers, not for layer "
+                f"'{path}' ({type(layer).__name__}); use {STUDY_METHOD!r} or 'gradient'")
+
+
 def title(name: str) -> str:
     """Figure title of a method (the name itself for names not registered)."""
     return METHODS[name].title if name in METHODS else name
 
 
-def fastest_exact() -> str:
-    """Name of the fastest exact engine (the one :data:`STUDY_METHOD` dispatches to)."""
+def fastest_exact(encoder: nn.Module | None = None, x: torch.Tensor | None = None) -> str:
+    """Name of the fastest exact engine (the one :data:`STUDY_METHOD` dispatches to).
+
+    Parameters
+    ----------
+    encoder, x
+        Without them: the engine of preference 0 (``vjp``, the fastest on the study's
+        encoder). With them: the engine whose cost estimate (:attr:`Method.cost`) is smallest
+        for this encoder and input shape (e.g. ``patches`` on the codec's analysis transform,
+        ``vjp`` on the study's encoder, where ``patches`` does not apply).
+    """
     engines = names("engine", exact=True)
     if not engines:
         raise MicrocaeError("no exact relevance engine is registered")
-    return engines[0]
+    if encoder is None or x is None:
+        return engines[0]
+    # the estimates depend on the architecture and the input shape only, not on the weights
+    key = (repr(encoder), tuple((n, tuple(p.shape)) for n, p in encoder.named_parameters()),
+           tuple(x.shape[1:]), engines)
+    if key not in _CHOICES:
+        costs = {name: METHODS[name].cost(encoder, x) for name in engines
+                 if METHODS[name].cost is not None}
+        known = {name: cost for name, cost in costs.items() if cost is not None}
+        if len(_CHOICES) >= 256:
+            _CHOICES.clear()
+        _CHOICES[key] = min(known, key=known.__getitem__) if known else engines[0]
+    return _CHOICES[key]
+
+
+_CHOICES: dict[tuple, str] = {}
+"""Cache of :func:`fastest_exact` by architecture and input shape (cleared when full)."""
 
 
 def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
@@ -140,10 +197,13 @@ def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
         (N, 1, H, W) float tensor, pixel values in [0, 1], on the encoder's device.
     method
         A key of :data:`METHODS`: ``"complex-step"`` (the study's relevance, by the fastest
-        exact engine; the default), the engines ``"vjp"``, ``"jvp"``,
+        exact engine for this encoder, :func:`fastest_exact`: ``"vjp"`` on the study's
+        encoder, ``"patches"`` on the codec's analysis transform, about 9× faster there than
+        ``"vjp"``; the default), the engines ``"vjp"``, ``"patches"``, ``"jvp"``,
         ``"complex-step-coloured"`` and ``"complex-step-naive"`` (the study's literal one pass
-        per pixel), the baselines ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"``, ``"gradient"``,
-        ``"integrated-gradients"`` and the controls ``"sobel-edges"`` and ``"random"``.
+        per pixel), the baselines ``"gbp"``, ``"lrp-w2"``, ``"lrp-zbeta"`` (ReLU networks of
+        convolutions and pools only), ``"gradient"``, ``"integrated-gradients"`` and the
+        controls ``"sobel-edges"`` and ``"random"``.
     **options
         Passed to the method (e.g. ``precision``, ``chunk``, ``progress``).
 
@@ -152,8 +212,15 @@ def relevance(encoder: nn.Module, x: torch.Tensor, method: str = STUDY_METHOD,
     torch.Tensor
         (N, H, W) raw, unsmoothed relevance. For the exact methods
         r_ij = ||∂f(x)/∂x_ij||_F over all latent values (units: latent units per unit intensity).
+
+    Raises
+    ------
+    MicrocaeError
+        One line, for an unknown method, an input of the wrong shape, a layer without a
+        complex twin (exact methods) or a layer the method is not defined for (GBP, LRP).
     """
     record = lookup(method)
+    check_encoder(method, encoder)
     if x.dim() != 4 or x.shape[1] != 1:
         raise MicrocaeError(f"expected input of shape (N, 1, H, W), got {tuple(x.shape)}")
     configure_allocator()

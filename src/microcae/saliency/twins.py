@@ -64,6 +64,14 @@ class Twin(nn.Module):
         """Imaginary output for (N·K, ...) imaginary inputs ``im`` given the real pass's state."""
         raise NotImplementedError
 
+    def linear(self, state: Any, v: torch.Tensor) -> torch.Tensor:
+        """Apply the Jacobian at the real input to (N·K, ...) ``v``, exactly linear in ``v``.
+
+        This is :meth:`tangent` for every twin whose imaginary map is linear; the analytic
+        twins (whose imaginary map is linear only for tiny steps) apply their derivative.
+        """
+        return self.tangent(state, v)
+
     def cotangent(self, state: Any, ct: torch.Tensor) -> torch.Tensor:
         """Transpose of :meth:`tangent`: (N·K, *out) cotangents -> (N·K, *in)."""
         batch = ct.shape[0]
@@ -175,16 +183,21 @@ class AnalyticTwin(Twin):
             out = torch.where(a > 0, b, self.module.alpha * torch.exp(a) * torch.sin(b))
         return out.reshape(im.shape)
 
-    def cotangent(self, state: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
-        """Multiply by the derivative at the real input."""
-        a = state
+    def _slope(self, a: torch.Tensor) -> torch.Tensor:
+        """Return the (N, ...) derivative at the real input ``a``."""
         if isinstance(self.module, nn.Tanh):
-            slope = 1 - torch.tanh(a) ** 2
-        elif isinstance(self.module, nn.Sigmoid):
-            slope = torch.sigmoid(a) * (1 - torch.sigmoid(a))
-        else:
-            slope = torch.where(a > 0, 1.0, self.module.alpha * torch.exp(a)).to(a.dtype)
-        return _scale(slope, ct)
+            return 1 - torch.tanh(a) ** 2
+        if isinstance(self.module, nn.Sigmoid):
+            return torch.sigmoid(a) * (1 - torch.sigmoid(a))
+        return torch.where(a > 0, 1.0, self.module.alpha * torch.exp(a)).to(a.dtype)
+
+    def linear(self, state: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Multiply by the derivative at the real input."""
+        return _scale(self._slope(state), v)
+
+    def cotangent(self, state: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
+        """Multiply by the derivative at the real input (a diagonal map is its own transpose)."""
+        return _scale(self._slope(state), ct)
 
 
 class MaxPool2dTwin(Twin):
@@ -272,7 +285,10 @@ class GDNTwin(Twin):
 
     Ballé, Laparra & Simoncelli (2016): per position, ``n_i = β_i + Σ_j Γ_ij x_j²`` and
     ``y_i = x_i n_i^(-1/2)`` (``n_i^(+1/2)`` for the inverse, ``module.inverse``). The wrapped
-    module must expose ``gamma`` (C, C), ``beta`` (C,) and optionally ``inverse``. The twin is the
+    module must expose the effective ``gamma`` (C, C) and ``beta`` (C,) and optionally
+    ``inverse``, as :class:`microcae.models.gdn.GDN` does (its properties apply the
+    non-negative reparametrisation to the stored ``gamma_sqrt`` and ``beta_sqrt``); the real
+    part is the module's own (fused) forward. The twin is the
     complex-analytic function at ``z = a + i·b``, with the square ``z·z = a² − b² + 2i·ab``
     (never ``|z|²``) and the complex power taken in polar form (``atan2`` keeps an imaginary
     part of 1e-24 that ``n_re + n_im`` would lose): ``Im y = a·Im r(n) + b·Re r(n)``.
@@ -300,6 +316,14 @@ class GDNTwin(Twin):
         r_re, r_im = per_sample(size * torch.cos(angle), a.shape[0]), per_sample(
             size * torch.sin(angle), a.shape[0])
         return (a * r_im + b * r_re).reshape(im.shape)
+
+    def linear(self, state: tuple[torch.Tensor, torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+        """Apply the derivative at the real input: ``v·r(n) + x·r'(n)·Γ(2x·v)``."""
+        x, norm = state
+        gamma, _, power = self._weights(v.dtype)
+        factor, slope = norm.pow(power), power * norm.pow(power - 1)  # r(n), r'(n)
+        mixed = F.conv2d(_scale(2 * x, v), gamma)  # Γ(2x·v)
+        return _scale(factor, v) + _scale(x * slope, mixed)
 
     def cotangent(self, state: tuple[torch.Tensor, torch.Tensor],
                   ct: torch.Tensor) -> torch.Tensor:
