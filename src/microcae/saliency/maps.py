@@ -9,8 +9,9 @@ Modes:
   latent stride), without tiles. The encoder is fully convolutional, so this is exact in
   pieces. Engines that work per latent unit (``vjp``, ``patches``: their records' ``by_units``)
   map the image in blocks of latent units: each block's window holds the receptive fields of
-  its units, each unit counts once, and the blocks' squared derivatives add up to r². Other local engines map windows of
-  pixels with a halo wider than the farthest reach of any unit a core pixel feeds.
+  its units, each unit counts once, and the blocks' squared derivatives add up to r². Other
+  local engines map windows of pixels with a halo wider than the farthest reach of any unit a
+  core pixel feeds.
 - ``"auto"`` (the default): ``"whole"`` for images larger than a tile (with a local method),
   else ``"tile"``.
 
