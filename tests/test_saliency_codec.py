@@ -310,6 +310,10 @@ def test_the_study_method_runs_the_cheapest_exact_engine_for_each_encoder():
     assert patch_macs(deep, tile) > reverse_macs(deep, tile)  # large field, one channel
     assert registry.fastest_exact(deep, tile) == "vjp"
     assert registry.fastest_exact() == "vjp"  # without an encoder: the study's
+    from microcae.pipelines.batch.jobs import saliency_job
+
+    assert saliency_job(encoder=codec).options == {"method": "patches"}  # batch picks it too
+    assert saliency_job(encoder=CAE().encoder).options == {"method": "vjp"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

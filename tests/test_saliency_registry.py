@@ -72,6 +72,7 @@ def test_other_packages_read_their_method_lists_from_the_registry():
     assert comparison.PREFERRED_METHODS == ("complex-step", *registry.names("baseline"))
     assert claims.BASELINES == ("gbp", "lrp-w2", "lrp-zbeta")
     assert default_saliency_method() == registry.fastest_exact()
+    assert default_saliency_method(CAE().encoder, 64) == "vjp"  # max-pools: no patches
 
 
 def test_relevance_sets_up_the_allocator_like_the_cli(monkeypatch):

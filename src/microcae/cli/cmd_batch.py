@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import click
 from microcae.cli.options import images_argument, model_option, progress_option
 
 if TYPE_CHECKING:
+    from microcae.models.base import MicrocaeModel
     from microcae.pipelines.batch import BatchReport
     from microcae.pipelines.batch.jobs import TileJob
 
@@ -40,15 +42,17 @@ def _options(function):  # noqa: ANN001, ANN202 - click decorator stack
     return function
 
 
-def _run(job: TileJob, images: tuple[Path, ...], model_path: Path | None, out: Path,
-         scheduler: str | None, tile: int, block: int, batch_size: int, workers: int,
-         export_dir: Path | None, progress: bool) -> None:
+def _run(make_job: Callable[[MicrocaeModel, int], TileJob], images: tuple[Path, ...],
+         model_path: Path | None, out: Path, scheduler: str | None, tile: int, block: int,
+         batch_size: int, workers: int, export_dir: Path | None, progress: bool) -> None:
+    """Load the model, run the job ``make_job(model, tile)`` over the images, then export."""
     from microcae.models.registry import load_model
     from microcae.pipelines.batch import BatchSettings, run_batch
     from microcae.pipelines.batch.export import export_store
 
     settings = BatchSettings(tile=tile, block=block, batch_size=batch_size, workers=workers)
     model = load_model(model_path)
+    job = make_job(model, tile)
     report = run_batch(images, job, model, out, settings, scheduler, progress)
     _echo(report, job)
     if export_dir is not None:
@@ -74,18 +78,21 @@ def encode(**arguments) -> None:  # noqa: ANN003
     """Store latents of every tile: (rows, cols, C, h, w) float32 per image."""
     from microcae.pipelines.batch import JOBS
 
-    _run(JOBS["encode"](), **arguments)
+    _run(lambda model, tile: JOBS["encode"](), **arguments)
 
 
 @command.command("saliency")
 @_options
 @click.option("--method", default=None,
-              help="Relevance method (a 'microcae saliency --method' choice). Default: vjp.")
+              help="Relevance method (a 'microcae saliency --method' choice). Default: the "
+                   "cheapest exact engine for the model (vjp for the study CAE, patches for the "
+                   "codec).")
 def saliency(method: str | None, **arguments) -> None:  # noqa: ANN003
     """Store raw relevance maps r_ij: (H, W) float32 per image, chunked by tile."""
     from microcae.pipelines.batch import JOBS
 
-    _run(JOBS["saliency"](method=method), **arguments)
+    _run(lambda model, tile: JOBS["saliency"](method=method, encoder=model.encoder, tile=tile),
+         **arguments)
 
 
 @command.command("reconstruct")
@@ -94,4 +101,4 @@ def reconstruct(**arguments) -> None:  # noqa: ANN003
     """Store reconstructions: (H, W) float32 per image in [0, 1] units, chunked by tile."""
     from microcae.pipelines.batch import JOBS
 
-    _run(JOBS["reconstruct"](), **arguments)
+    _run(lambda model, tile: JOBS["reconstruct"](), **arguments)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from microcae.models.base import MicrocaeModel
 from microcae.util.errors import MicrocaeError
@@ -96,25 +97,39 @@ def reconstruct_job() -> TileJob:
     return TileJob("reconstruct", "reconstruction", "image", _reconstruct)
 
 
-def default_saliency_method() -> str:
-    """Return the fastest exact relevance engine of the saliency registry."""
+def default_saliency_method(encoder: nn.Module | None = None, tile: int = 256) -> str:
+    """Return the cheapest exact relevance engine of the saliency registry for ``encoder``.
+
+    Parameters
+    ----------
+    encoder
+        The encoder that will be mapped (None: the registry's first exact engine, ``vjp``).
+    tile
+        Side (px) of the tiles it maps; the engines' cost estimates depend on the shape.
+    """
     from microcae.saliency.registry import fastest_exact
 
-    return fastest_exact()
+    if encoder is None:
+        return fastest_exact()
+    return fastest_exact(encoder, torch.zeros(1, 1, tile, tile))
 
 
-def saliency_job(method: str | None = None) -> TileJob:
+def saliency_job(method: str | None = None, encoder: nn.Module | None = None,
+                 tile: int = 256) -> TileJob:
     """Raw relevance r_ij of every tile (``microcae.saliency.relevance``), (tile, tile) float32.
 
     Parameters
     ----------
     method
-        A key of ``microcae.saliency.METHODS``; default :func:`default_saliency_method`.
+        A key of ``microcae.saliency.METHODS``; default: :func:`default_saliency_method` of
+        ``encoder`` and ``tile`` (``vjp`` for the study's encoder, ``patches`` for the codec's).
         Maps of a whole image are the per-tile maps side by side, as the encoder sees tiles.
+    encoder, tile
+        The encoder and tile side the default method is chosen for.
     """
     from microcae.saliency import METHODS
 
-    method = method or default_saliency_method()
+    method = method or default_saliency_method(encoder, tile)
     if method not in METHODS:
         raise MicrocaeError(f"unknown relevance method {method!r}; choose from {sorted(METHODS)}")
     return TileJob("saliency", "relevance", "image", functools.partial(_relevance, method),
