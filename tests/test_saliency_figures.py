@@ -7,7 +7,13 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from microcae.figures.saliency import clip_note, overlay, plot_saliency, robust_limits
+from microcae.figures.saliency import (
+    clip_note,
+    overlay,
+    plot_saliency,
+    robust_limits,
+    saturation_arrows,
+)
 
 
 def test_robust_limits_ignore_a_handful_of_outliers():
@@ -42,6 +48,28 @@ def test_overlay_blends_colours_over_grey():
     expected = np.stack([0.4 * np.full(3, p) + 0.6 * np.array(bwr(v)[:3])
                          for p, v in zip(pixels[0], [0.0, 0.5, 1.0], strict=True)])[None]
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_saturation_arrows_point_where_the_map_leaves_its_limits():
+    shown = np.array([[0.0, 1.0], [2.0, 3.0]])
+    assert saturation_arrows(shown, (0.0, 3.0)) == "neither"
+    assert saturation_arrows(shown, (0.5, 3.0)) == "min"
+    assert saturation_arrows(shown, (0.0, 2.5)) == "max"
+    assert saturation_arrows(shown, (0.5, 2.5)) == "both"
+
+
+def test_the_fig11_grid_clips_each_map_to_its_robust_percentiles():
+    from microcae.figures.comparison import comparison_grid
+
+    rng = np.random.default_rng(0)
+    raw = rng.random((64, 64))
+    raw[3, 5] = 1e3  # one outlier pixel must not set the colour scale
+    figure = comparison_grid([("tile", rng.random((64, 64)), {"complex-step": raw})])
+    image = figure.axes[1].images[0]
+    shown = image.get_array()
+    assert image.get_clim() == pytest.approx(robust_limits(np.asarray(shown)))
+    assert image.get_clim()[1] < 10
+    assert "percentiles 0.5–99.5" in figure.axes[-1].get_xlabel()
 
 
 def test_clip_note_states_the_percentiles():

@@ -6,14 +6,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.ndimage import gaussian_filter
 
+from microcae.figures.saliency import (
+    CLIP_PERCENTILES,
+    COLOUR_MAP,
+    clip_note,
+    robust_limits,
+    saturation_arrows,
+    smooth,
+)
 from microcae.figures.style import new_figure
-
-SMOOTHING_SIGMA = 1.0
-"""Gaussian smoothing (px) applied to a relevance map before drawing, as in the study."""
-COLOUR_MAP = "bwr"
-"""Blue-white-red: red = high relevance."""
 
 _TITLES = {
     "complex-step": "complex-step",
@@ -25,26 +27,6 @@ _TITLES = {
     "sobel-edges": "Sobel edges (control)",
     "random": "random (control)",
 }
-
-
-def colour_limits(smoothed: np.ndarray) -> tuple[float, float]:
-    """Colour range of one map: its own min..max, or symmetric about 0 if it has both signs.
-
-    Parameters
-    ----------
-    smoothed
-        (H, W) map as drawn.
-
-    Returns
-    -------
-    tuple[float, float]
-        ``(vmin, vmax)``; for signed maps ``(-m, m)`` with ``m = max |map|``, so white is 0.
-    """
-    low, high = float(np.min(smoothed)), float(np.max(smoothed))
-    if low < 0 < high:
-        bound = max(-low, high)
-        return -bound, bound
-    return low, high if high > low else low + 1.0
 
 
 def comparison_figure(
@@ -104,12 +86,13 @@ def comparison_grid(
         row_axes[0].set_title("input")
         row_axes[0].set_ylabel(label, fontsize=8)
         for axis, (name, raw) in zip(row_axes[1:], maps.items(), strict=True):
-            smoothed = gaussian_filter(np.asarray(raw, dtype=np.float64), SMOOTHING_SIGMA)
-            vmin, vmax = colour_limits(smoothed)
+            smoothed = smooth(raw)
+            vmin, vmax = robust_limits(smoothed)
             image = axis.imshow(smoothed, cmap=COLOUR_MAP, vmin=vmin, vmax=vmax)
             axis.set_title(_TITLES.get(name, name))
             bar = figure.colorbar(image, ax=axis, orientation="horizontal", fraction=0.05,
-                                  pad=0.04)
+                                  pad=0.04, extend=saturation_arrows(smoothed, (vmin, vmax)))
+            bar.set_label(clip_note(CLIP_PERCENTILES), fontsize=6)
             bar.ax.tick_params(labelsize=6)
             bar.ax.locator_params(nbins=4)
         for axis in row_axes:

@@ -71,6 +71,13 @@ def robust_limits(shown: np.ndarray, percentiles: tuple[float, float] = CLIP_PER
     return (vmin, vmax) if vmax > vmin else (vmin, vmin + 1.0)
 
 
+def saturation_arrows(shown: np.ndarray, limits: tuple[float, float]) -> str:
+    """Matplotlib colour-bar ``extend``: arrows where ``shown`` saturates below/above ``limits``."""
+    low, high = bool(shown.min() < limits[0]), bool(shown.max() > limits[1])
+    return {(False, False): "neither", (True, False): "min", (False, True): "max",
+            (True, True): "both"}[(low, high)]
+
+
 def clip_note(percentiles: tuple[float, float]) -> str:
     """Colour-bar text that states the clipping (empty for the full range)."""
     if tuple(percentiles) == (0, 100):
@@ -154,10 +161,8 @@ def plot_saliency(pixels: np.ndarray, relevance: np.ndarray, path: str | Path, t
     for axis in (left, right):
         axis.set_xticks([])
         axis.set_yticks([])
-    clipped_low, clipped_high = shown.min() < limits[0], shown.max() > limits[1]
-    extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
-              (True, True): "both"}[(bool(clipped_low), bool(clipped_high))]
-    bar = figure.colorbar(image, ax=right, fraction=0.046, pad=0.04, extend=extend)
+    bar = figure.colorbar(image, ax=right, fraction=0.046, pad=0.04,
+                          extend=saturation_arrows(shown, limits))
     bar.set_label(r"$\|\partial f/\partial x_{ij}\|$" + f" ({clip_note(percentiles)})",
                   fontsize=8)
     if title:
