@@ -91,15 +91,21 @@ def tiny_model_file(tmp_path, tiny_model) -> Path:
     return path
 
 
-def zoo_encoder() -> nn.Sequential:
-    """Every supported layer kind, nested, with overlapping pools and strides."""
-    torch.manual_seed(3)
-    bn = nn.BatchNorm2d(4)
+def eval_batchnorm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm2d with random running statistics, scale and shift (from torch's current seed)."""
+    bn = nn.BatchNorm2d(channels)
     with torch.no_grad():
         bn.running_mean.uniform_(-0.2, 0.2)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.1, 0.1)
+    return bn
+
+
+def zoo_encoder() -> nn.Sequential:
+    """Every supported layer kind, nested, with overlapping pools and strides."""
+    torch.manual_seed(3)
+    bn = eval_batchnorm(4)
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), bn, nn.LeakyReLU(0.1), nn.MaxPool2d(3, 2, padding=1),
         nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Tanh()),

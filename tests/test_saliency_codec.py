@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_micrograph, write_png
+from conftest import eval_batchnorm, synthetic_micrograph, write_png
 from torch import nn
 
 from microcae.cli import main
@@ -245,11 +245,7 @@ def test_relu_network_baselines_refuse_gdn_in_one_line(method):
 def pointwise_zoo() -> nn.Sequential:
     """Every pointwise layer kind between convolutions with odd kernels, strides and dilation."""
     torch.manual_seed(9)
-    bn = nn.BatchNorm2d(4)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.2, 0.2)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
+    bn = eval_batchnorm(4)
     return nn.Sequential(
         nn.Conv2d(1, 4, (3, 5), stride=(1, 2), padding=(1, 2)), bn, nn.LeakyReLU(0.1),
         nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Tanh()),
