@@ -149,20 +149,27 @@ GOLDEN_SKIPPED = {"seconds", "seconds_per_tile", "generated", "command", "microc
 text, and the exactness differences (rounding noise, ~1e-16) and kink counts (float32 ties)."""
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
 def golden_numbers(numbers: dict) -> dict:
-    """The quick report's seeded, machine-independent values as flat ``a.b.0.c`` entries."""
+    """The quick report's seeded, machine-independent values as flat ``a.b.0.c`` entries.
+
+    Paths (in keys and values) are made relative to the repository, so every checkout agrees.
+    """
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
+                key = key.replace(f"{REPOSITORY}/", "")  # per-image keys are paths
                 if key not in GOLDEN_SKIPPED:
                     walk(f"{prefix}.{key}" if prefix else key, item)
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 walk(f"{prefix}.{index}", item)
         else:
-            flat[prefix] = value
+            flat[prefix] = value.replace(f"{REPOSITORY}/", "") if isinstance(value, str) else value
 
     walk("", numbers)
     return flat
@@ -170,9 +177,11 @@ def golden_numbers(numbers: dict) -> dict:
 
 def test_golden_numbers_flatten_and_skip():
     report = {"seconds": {"total": 3}, "a": {"b": [1.5, {"c": "x", "path": "/tmp"}]},
-              "claims": [{"verdict": "holds", "measured": "0.1"}], "none": None}
+              "claims": [{"verdict": "holds", "measured": "0.1"}], "none": None,
+              "per_image": {f"{REPOSITORY}/samples/m.png": 0.5}, "image": f"{REPOSITORY}/m.png"}
     assert golden_numbers(report) == {"a.b.0": 1.5, "a.b.1.c": "x", "claims.0.verdict": "holds",
-                                      "none": None}
+                                      "none": None, "per_image.samples/m.png": 0.5,
+                                      "image": "m.png"}
 
 
 def test_quick_report_end_to_end(tmp_path, capsys, expected):
