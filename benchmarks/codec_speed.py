@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,20 +33,11 @@ from microcae.models.inference import (
     strip_rows_for,
 )
 from microcae.util.runtime import configure_allocator
+from microcae_testing.timing import matmul_seconds, median_seconds
 
 SAMPLE = Path(__file__).parents[1] / "src" / "microcae" / "assets" / "samples" / "aisi1045_core.png"
 SHAPE = (1542, 2080)
 CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def median_seconds(step: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``step()`` over ``repeats`` calls (call it once before)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _resident(field: str) -> int:
@@ -125,9 +114,7 @@ def main() -> None:
     configure_allocator()
     model = load_model(args.model)
     image = study_sized_image()
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    torch.mm(a, b)
-    floor = median_seconds(lambda: torch.mm(a, b), 7)
+    floor = matmul_seconds()
     stream = compress_whole(model, image)
     print(f"{args.model} on a {SHAPE[1]}x{SHAPE[0]} image, {args.threads} thread(s), "
           f"{8 * len(stream) / image.size:.3f} bpp; 2048² matmul {floor * 1e3:.1f} ms\n")
@@ -135,7 +122,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, strip, step, goal in steps(model, image, stream, args.unchunked):
         rise = peak_rise(step)
-        seconds = median_seconds(step, args.repeats)
+        seconds = median_seconds(step, args.repeats, warm_up=False)  # peak_rise ran it
         print(f"| {name} | {strip} | {seconds:.2f} | {seconds / floor:.0f} | "
               f"{rise / 2**20:.0f} | ≤ {goal} |", flush=True)
 

@@ -19,28 +19,10 @@ Usage: ``python benchmarks/codec_train_step.py --threads 1 --batch 8 --crop 128 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
-
-def median_time(step: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``step()`` over ``repeats`` calls after one warm-up."""
-    step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def matmul_gmacs(repeats: int) -> float:
-    """GMAC/s of a 2048 × 2048 float32 matmul (2048³ MACs)."""
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
-    return 2048**3 / median_time(lambda: torch.mm(a, b), repeats) / 1e9
+from microcae_testing.timing import matmul_seconds, median_seconds
 
 
 def main() -> None:
@@ -79,8 +61,8 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    step_s = median_time(step, args.steps)
-    matmul = matmul_gmacs(args.steps)
+    step_s = median_seconds(step, args.steps)
+    matmul = 2048**3 / matmul_seconds(args.steps) / 1e9  # GMAC/s
     step_macs = 3 * macs["total"] * args.batch * args.crop**2
     rate = step_macs / step_s / 1e9
     print(f"threads {args.threads}, batch {args.batch}, crop {args.crop}, N {args.N}, "
@@ -106,8 +88,8 @@ def main() -> None:
         model.update()
         image = torch.rand(1, 1, h, w)
         compressed = model.compress(image)
-        enc = median_time(lambda: model.compress(image), 3)
-        dec = median_time(lambda: model.decompress(compressed["strings"], compressed["shape"],
+        enc = median_seconds(lambda: model.compress(image), 3)
+        dec = median_seconds(lambda: model.decompress(compressed["strings"], compressed["shape"],
                                                    compressed["image_shape"]), 3)
         print(f"\n{h}x{w}: compress {enc:.2f} s, decompress {dec:.2f} s "
               f"({len(compressed['strings'])} bytes for random pixels)")
