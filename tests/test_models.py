@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 from microcae.models import BUNDLED, MODEL_KINDS, load_model, read_model_file, save_model
 from microcae.models.base import WHOLE_MODEL
 from microcae.models.cae import CAE, CAEConfig
+from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
 from microcae.models.inference import decode_latents, encode_micrograph, reconstruct_micrograph
 from microcae.models.rdcae import RDCAE, RDConfig
-from microcae.models.registry import bundled_model_for
+from microcae.models.registry import CODEC_LEVELS, bundled_model_for, pack_model
 from microcae.util.errors import MicrocaeError
 
 
@@ -142,3 +143,61 @@ def test_the_models_command_lists_every_bundled_model_with_its_kind(capsys):
     for line in lines:
         name = line.split(":")[0]
         assert f": {load_model(name).kind}, " in line
+
+
+def _dtypes(path) -> dict[str, torch.dtype]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
+
+
+def test_pack_stores_kernels_as_float16_and_keeps_every_table_and_integer(tmp_path):
+    torch.manual_seed(0)
+    save_model(HyperpriorCodec(HyperpriorConfig(N=8, M=8)), tmp_path / "full.safetensors")
+    pack_model(tmp_path / "full.safetensors", tmp_path / "packed.safetensors", note="a test")
+    full, packed = (read_model_file(tmp_path / f"{n}.safetensors") for n in ("full", "packed"))
+    dtypes = _dtypes(tmp_path / "packed.safetensors")
+    full_state = full.model.state_dict()
+    for name, value in packed.model.state_dict().items():
+        if full_state[name].dim() == 4:
+            assert dtypes[name] == "F16", name
+            assert torch.equal(value, full_state[name].half().float()), name
+        else:
+            assert dtypes[name] == "F32" and torch.equal(value, full_state[name]), name
+    hyper_weights = [n for n in dtypes if n.startswith("tables.hyper.") and n.endswith("weight")]
+    assert len(hyper_weights) == 3 and all(dtypes[n] == "I16" for n in hyper_weights)
+    full_tables, packed_tables = full.model.stored_tensors(), packed.model.stored_tensors()
+    assert full_tables.keys() == packed_tables.keys()
+    assert all(torch.equal(full_tables[k], packed_tables[k]) for k in full_tables)
+    assert packed.provenance["note"] == "a test convolution kernels stored as float16 " \
+        "(microcae models pack)"
+    image = torch.rand(1, 1, 70, 90, generator=torch.Generator().manual_seed(1))
+    coded = packed.model.compress(image)
+    again = read_model_file(tmp_path / "packed.safetensors").model
+    assert again.fingerprint() == packed.model.fingerprint() != full.model.fingerprint()
+    assert torch.equal(again.decompress(coded["strings"], coded["shape"], (70, 90))["x_hat"],
+                       packed.model.decompress(coded["strings"], coded["shape"],
+                                               (70, 90))["x_hat"])
+
+
+def test_the_bundled_codec_levels_are_packed():
+    for name in CODEC_LEVELS:
+        dtypes = _dtypes(BUNDLED[name])
+        kernels = [k for k, v in load_model(name).state_dict().items() if v.dim() == 4]
+        assert kernels and {dtypes[k] for k in kernels} == {"F16"}, name
+
+
+def test_the_pack_command_writes_a_packed_copy_and_never_replaces_a_file_unasked(tmp_path,
+                                                                                capsys):
+    from microcae.cli import main
+
+    torch.manual_seed(0)
+    save_model(HyperpriorCodec(HyperpriorConfig(N=8, M=8)), tmp_path / "full.safetensors")
+    target = tmp_path / "packed.safetensors"
+    assert main(["models", "pack", str(tmp_path / "full.safetensors"), str(target)]) == 0
+    assert capsys.readouterr().out.startswith(f"{target}: ")
+    written = target.read_bytes()
+    assert main(["models", "pack", str(tmp_path / "full.safetensors"), str(target)]) != 0
+    assert "exists (use --force" in capsys.readouterr().err
+    assert target.read_bytes() == written
+    assert main(["models", "pack", str(tmp_path / "missing.safetensors"), str(tmp_path / "x")]) != 0
+    assert not (tmp_path / "x").exists()

@@ -14,6 +14,7 @@ from torch import nn
 from microcae.cli.cmd_train import command as train_command
 from microcae.data.dataset import PreparedSet
 from microcae.models.cae import CAE, CAEConfig
+from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
 from microcae.models.rdcae import RDCAE, RDConfig
 from microcae.models.registry import read_model_file
 from microcae.training.architectures import ARCHITECTURES
@@ -225,6 +226,33 @@ def test_objectives_refuse_models_of_another_kind_before_writing(data, tmp_path)
         train(data, out, TrainSettings(epochs=1), build_model=lambda: nn.Conv2d(1, 1, 3),
               progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_init_fine_tunes_another_models_weights_and_records_where_they_came_from(data, tmp_path):
+    codec = partial(HyperpriorCodec, HyperpriorConfig(N=4, M=4))
+    run = partial(train, data, build_model=codec, progress=False)
+    base = run(tmp_path / "base.safetensors", TrainSettings(epochs=1, batch_size=4, lr=1e-2),
+               objective=RateDistortionObjective(0.01))
+    # A learning rate of 1e-12 keeps the weights where --init put them (Adam moves each
+    # weight by about lr per step); a fresh start from seed 1 would be far from them.
+    tuned_settings = TrainSettings(epochs=1, batch_size=4, lr=1e-12, seed=1)
+    tuned = run(tmp_path / "tuned.safetensors", tuned_settings,
+                objective=RateDistortionObjective(0.05), init=tmp_path / "base.safetensors")
+    fresh = run(tmp_path / "fresh.safetensors", tuned_settings,
+                objective=RateDistortionObjective(0.05))
+    base_state, tuned_state = base.model.state_dict(), tuned.model.state_dict()
+    for key, value in base_state.items():
+        torch.testing.assert_close(tuned_state[key], value, rtol=0, atol=1e-9)
+    assert max(float((fresh.model.state_dict()[k] - v).abs().max())
+               for k, v in base_state.items()) > 1e-2
+    init = read_model_file(tmp_path / "tuned.safetensors").provenance["init"]
+    assert init == {"path": str(tmp_path / "base.safetensors"), "epochs": 1,
+                    "fingerprint": base.model.fingerprint(("encoder.", "decoder.")),
+                    "seconds": round(base.history[0]["seconds"], 1)}
+    with pytest.raises(MicrocaeError, match="same kind and configuration"):
+        train(data, tmp_path / "other.safetensors", TrainSettings(epochs=1), build_model=TINY,
+              init=tmp_path / "base.safetensors", progress=False)
+    assert not (tmp_path / "other.safetensors").exists()
 
 
 @pytest.mark.parametrize("bad", [{"lr": math.inf}, {"lr": math.nan}, {"lr": 0.0},

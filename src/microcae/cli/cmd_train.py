@@ -61,11 +61,16 @@ def _widths(channels: str) -> tuple[int, ...]:
                    "without --resume, start afresh over an earlier run's checkpoint.")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda (single process; torchrun picks each process's GPU).")
+@click.option("--init", "init", default=None,
+              help="Start from this model's weights (a file or bundled name of the same kind and "
+                   "configuration) instead of a fresh initialisation: fine-tune it, e.g. at "
+                   "another --lmbda. Recorded in the new model's provenance.")
 @click.option("--note", default=None,
               help="Free text kept in the model's provenance (e.g. how earlier epochs ran).")
 @progress_option
 def command(data: Path, out: Path, arch: str, lmbda: float | None, channels: str | None,
-            resume: bool, force: bool, device: str, note: str | None, progress: bool,
+            resume: bool, force: bool, device: str, init: str | None, note: str | None,
+            progress: bool,
             **loop: float | int | bool | None) -> None:
     """Train a model on DATA (a folder written by 'microcae prepare').
 
@@ -93,7 +98,7 @@ def command(data: Path, out: Path, arch: str, lmbda: float | None, channels: str
     result = train(load_dataset(data), out, settings, build_model=architecture.build,
                    objective=objective, resume=resume, overwrite=force, progress=progress,
                    on_epoch=lambda row: _report_epoch(row, objective.columns()), device=device,
-                   note=note)
+                   note=note, init=init)
     if result.rank != 0:  # under torchrun, rank 0 reports
         return
     result.files["loss_png"] = plot_loss_curve(result.history, side_file(out, ".loss.png"))

@@ -91,8 +91,12 @@ class IntConv2d(nn.Module):
 
     def load_integer_parameters(self, weight: torch.Tensor, bias: torch.Tensor,
                                 label: str) -> None:
-        """Set the frozen integers from stored int32 tensors, checking shapes and bounds."""
-        if (weight.dtype != torch.int32 or bias.dtype != torch.int32
+        """Set the frozen integers from stored tensors (int32; weights int16 or int32), checked.
+
+        Packed model files (:func:`microcae.models.registry.pack_model`) store the weights,
+        ``|W| <= weight_max < 2**15``, as int16.
+        """
+        if (weight.dtype not in (torch.int16, torch.int32) or bias.dtype != torch.int32
                 or weight.shape != self.weight.shape or bias.shape != self.bias.shape):
             raise MicrocaeError(f"{label}: integer hyper-synthesis parameters do not fit")
         if (int(weight.abs().max()) > self.weight_max or int(bias.abs().max()) > self.bias_max):

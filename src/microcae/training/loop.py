@@ -55,7 +55,7 @@ from microcae import __version__
 from microcae.data.dataset import PreparedSet
 from microcae.models.base import MicrocaeModel
 from microcae.models.cae import CAE
-from microcae.models.registry import MODEL_KINDS, save_model
+from microcae.models.registry import MODEL_KINDS, read_model_file, save_model
 from microcae.training.batches import as_batch, epoch_order, global_batches
 from microcae.training.checkpoint import load_checkpoint, save_checkpoint
 from microcae.training.distributed import ProcessGroup, process_group
@@ -145,6 +145,7 @@ def train(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     device: str = "cpu",
     note: str | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train a model on a prepared set; checkpoint every epoch; write the model and its log.
 
@@ -182,6 +183,11 @@ def train(
         its local GPU if there is one). Checkpoints are device-independent.
     note
         Free text stored in the model's provenance (e.g. where earlier epochs ran).
+    init
+        Start from the weights of this model file (or bundled name) instead of a fresh
+        initialisation: a fine-tune, e.g. of one codec level from another at a new λ. It must be
+        of the same kind and configuration; its path, fingerprint, epochs and training time go
+        into the run's identity and the new model's provenance. The optimiser starts afresh.
 
     Returns
     -------
@@ -201,7 +207,7 @@ def train(
         out = Path(out)
         check_output(out, overwrite)
         run = _Run.start(data, out, settings or TrainSettings(), build_model,
-                         objective or MSEObjective(), group, resume, overwrite)
+                         objective or MSEObjective(), group, resume, overwrite, init)
         run.fit(progress, on_epoch)
         return run.finish(note)
 
@@ -220,6 +226,37 @@ def _describe(model: MicrocaeModel) -> dict[str, Any]:
                             f"({', '.join(MODEL_KINDS)})")
     return {"kind": model.kind, "config": json.loads(model.config.to_json())}
 
+def _initialise(model: MicrocaeModel, init: str | Path) -> dict[str, Any]:
+    """Load the weights of model file ``init`` into ``model``; return what the run records.
+
+    Returns
+    -------
+    dict
+        ``path``, ``fingerprint`` (of encoder and decoder), ``epochs`` and ``seconds`` of the
+        run that made it (from its provenance; 0 if it records none) and, if that run was a
+        fine-tune too, its own ``init``.
+
+    Raises
+    ------
+    MicrocaeError
+        If the file is not a model of the same kind and configuration (or unreadable).
+    """
+    source = read_model_file(init)
+    if _describe(source.model) != _describe(model):
+        raise MicrocaeError(f"{init}: --init needs a model of the same kind and configuration "
+                            f"({model.kind}, {model.config.to_json()})")
+    model.load_state_dict(source.model.state_dict())
+    history = source.provenance.get("history", [])
+    history = history if isinstance(history, list) else []
+    facts = {"path": str(init), "fingerprint": source.model.fingerprint(("encoder.", "decoder.")),
+             "epochs": len(history),
+             "seconds": round(sum(float(row.get("seconds", 0)) for row in history
+                                  if isinstance(row, dict)), 1)}
+    if "init" in source.provenance:
+        facts["init"] = source.provenance["init"]
+    return facts
+
+
 @dataclass
 class _Run:
     """State of one training run between :func:`train`'s start, epochs and finish."""
@@ -235,25 +272,30 @@ class _Run:
     splits: tuple[np.ndarray, np.ndarray]
     start_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    init: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, data: PreparedSet, out: Path, settings: TrainSettings,
               build_model: Callable[[], nn.Module], objective: Objective, group: ProcessGroup,
-              resume: bool, overwrite: bool) -> _Run:
+              resume: bool, overwrite: bool, init: str | Path | None = None) -> _Run:
         """Check the data, build the model and optimiser, and restore a checkpoint if asked."""
         configure_allocator()
         splits = _check_data(data)
         torch.manual_seed(settings.seed)
-        model = to_channels_last(build_model()).to(group.device)
+        model = build_model()
         description = _describe(model)
+        started_from = None if init is None else _initialise(model, init)
+        model = to_channels_last(model).to(group.device)
         multiple = model.downsample
         if data.tiles.shape[1] % multiple or data.tiles.shape[2] % multiple:
             raise MicrocaeError(f"tile side {data.tiles.shape[1]} is not a multiple of {multiple}")
-        identity = json.dumps({"settings": settings.identity(), "model": description,
-                               "objective": objective.describe(),
-                               "data": data.manifest_sha256}, sort_keys=True)
+        facts = {"settings": settings.identity(), "model": description,
+                 "objective": objective.describe(), "data": data.manifest_sha256}
+        if started_from is not None:
+            facts["init"] = started_from
+        identity = json.dumps(facts, sort_keys=True)
         run = cls(data, out, settings, objective, group, model, make_optimizer(model, settings),
-                  identity, splits)
+                  identity, splits, init=started_from)
         checkpoint = output_files(out)["checkpoint"]
         if checkpoint.exists() and resume:
             run.start_epoch, run.history = load_checkpoint(checkpoint, model, run.optimizer,
@@ -392,6 +434,8 @@ class _Run:
             "processes": self.group.world_size,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if self.init is not None:
+            provenance["init"] = self.init
         if note:
             provenance["note"] = note
         return provenance
