@@ -241,6 +241,18 @@ def test_relu_network_baselines_refuse_gdn_in_one_line(method):
         relevance(small_codec_encoder(), torch.rand(1, 1, 32, 32, dtype=torch.float64), method)
 
 
+def test_compare_defaults_to_the_methods_defined_for_the_encoder():
+    from microcae.evaluation.comparison import CONTROLS, PREFERRED_METHODS, default_methods
+    from microcae.models.cae import CAE
+
+    relu_only = {"gbp", "lrp-w2", "lrp-zbeta"}
+    codec_methods = default_methods(small_codec_encoder())
+    assert codec_methods == tuple(m for m in PREFERRED_METHODS if m not in relu_only) + CONTROLS
+    assert "complex-step" in codec_methods and "gradient" in codec_methods
+    assert default_methods(CAE().encoder) == default_methods()
+    assert relu_only <= set(default_methods())
+
+
 # ---------------------------------------------------------------------------- patches engine
 def pointwise_zoo() -> nn.Sequential:
     """Every pointwise layer kind between convolutions with odd kernels, strides and dilation."""

@@ -25,7 +25,9 @@ ENGINE_CHOICE = LazyChoice(("vjp", "complex-step-coloured", "jvp", "complex-step
 @out_dir_option
 @click.option("--method", "methods", multiple=True,
               help="Method or control to include (repeatable). Default: every registered "
-                   "method plus the controls 'sobel-edges' and 'random'.")
+                   "method defined for the model's encoder (GBP and LRP need a ReLU network, "
+                   "so the codec's GDN encoder leaves them out) plus the controls "
+                   "'sobel-edges' and 'random'.")
 @click.option("--tile", default=256, show_default=True, help="Tile side in pixels.")
 @click.option("--tiles-per-image", default=1, show_default=True,
               help="Tiles measured per image, spread evenly over it.")

@@ -33,7 +33,7 @@ from microcae.metrics import faithfulness, microstructure, sanity, stability
 from microcae.metrics.metric import Metric
 from microcae.models.cae import CAE
 from microcae.saliency import METHODS, relevance
-from microcae.saliency.registry import STUDY_METHOD, names
+from microcae.saliency.registry import STUDY_METHOD, applies, names
 from microcae.util.atomic import write_text_atomic
 from microcae.util.errors import MicrocaeError
 from microcae.util.runtime import to_channels_last
@@ -63,9 +63,15 @@ EXTRA_COLUMNS = {
 }
 
 
-def default_methods() -> tuple[str, ...]:
-    """List the registered methods of :data:`PREFERRED_METHODS`, then the :data:`CONTROLS`."""
-    return tuple(m for m in PREFERRED_METHODS if m in METHODS) + CONTROLS
+def default_methods(encoder: torch.nn.Module | None = None) -> tuple[str, ...]:
+    """List the registered methods of :data:`PREFERRED_METHODS`, then the :data:`CONTROLS`.
+
+    With ``encoder``, only the methods defined for all its layers (e.g. the codec's GDN
+    encoder leaves out guided backpropagation and the LRP rules; asking for one of them by
+    name still gives their one-line error).
+    """
+    return tuple(m for m in PREFERRED_METHODS if m in METHODS
+                 and (encoder is None or applies(m, encoder))) + CONTROLS
 
 
 def control_map(name: str, tiles: np.ndarray, seed: int = 0) -> torch.Tensor:
@@ -318,7 +324,7 @@ CHUNK = 8
 
 def _checked_options(model: CAE, methods: Sequence[str] | None, tile: int,
                      tiles_per_image: int | None, exact_engine: str) -> tuple[str, ...]:
-    """Return ``methods`` (default: :func:`default_methods`) once every option is checked.
+    """Return ``methods`` (default: :func:`default_methods` of the model's encoder), checked.
 
     Raises
     ------
@@ -326,7 +332,7 @@ def _checked_options(model: CAE, methods: Sequence[str] | None, tile: int,
         An unknown method, an exact engine that is not a registered one, a tile side that is
         not a positive multiple of the model's downsampling, or fewer than 1 tile per image.
     """
-    methods = tuple(methods) if methods else default_methods()
+    methods = tuple(methods) if methods else default_methods(model.encoder)
     unknown = [m for m in methods if m not in METHODS and m not in CONTROLS]
     if unknown:
         raise MicrocaeError(f"unknown method(s) {unknown}; choose from "
@@ -375,7 +381,7 @@ def compare_images(
         ``<stem>_gb_mask.tif``) are used where present.
     methods
         Names from :data:`microcae.saliency.METHODS` or :data:`CONTROLS`; default
-        :func:`default_methods`.
+        :func:`default_methods` of the model's encoder (the methods defined for its layers).
     tile
         Tile side in pixels (a multiple of the model's downsampling factor).
     tiles_per_image

@@ -124,6 +124,22 @@ def lookup(name: str) -> Method:
     return METHODS[name]
 
 
+def _unsupported_layer(name: str, encoder: nn.Module) -> tuple[str, nn.Module] | None:
+    """Return the first leaf layer (path, layer) of ``encoder`` that ``name`` is not defined for."""
+    record = lookup(name)
+    if record.layers is None:
+        return None
+    for path, layer in encoder.named_modules(prefix="encoder"):
+        if next(layer.children(), None) is None and type(layer) not in record.layers:
+            return path, layer
+    return None
+
+
+def applies(name: str, encoder: nn.Module) -> bool:
+    """Whether method ``name`` is defined for every layer of ``encoder`` (:func:`check_encoder`)."""
+    return _unsupported_layer(name, encoder) is None
+
+
 def check_encoder(name: str, encoder: nn.Module) -> None:
     """Refuse an encoder with a layer the method is not defined for (see :attr:`Method.layers`).
 
@@ -132,15 +148,13 @@ def check_encoder(name: str, encoder: nn.Module) -> None:
     MicrocaeError
         One line naming the method, the layer's path and type, and the supported types.
     """
-    record = lookup(name)
-    if record.layers is None:
-        return
-    for path, layer in encoder.named_modules(prefix="encoder"):
-        if next(layer.children(), None) is None and type(layer) not in record.layers:
-            supported = ", ".join(sorted(t.__name__ for t in record.layers))
-            raise MicrocaeError(
-                f"method {name!r} is defined for encoders of {supported} layers, not for layer "
-                f"'{path}' ({type(layer).__name__}); use {STUDY_METHOD!r} or 'gradient'")
+    unsupported = _unsupported_layer(name, encoder)
+    if unsupported is not None:
+        path, layer = unsupported
+        supported = ", ".join(sorted(t.__name__ for t in lookup(name).layers))
+        raise MicrocaeError(
+            f"method {name!r} is defined for encoders of {supported} layers, not for layer "
+            f"'{path}' ({type(layer).__name__}); use {STUDY_METHOD!r} or 'gradient'")
 
 
 def title(name: str) -> str:
