@@ -111,3 +111,49 @@ def test_encode_errors_write_nothing(tmp_path, images, tiny_model_file, capsys):
                "--encrypt", str(tmp_path / "k.key"), "--passphrase"])
     assert "not both" in _one_line_error(capsys, rc)
     assert not out.exists()
+
+
+def test_rate_control_picks_bundled_levels_by_quality_target_rate_or_default():
+    from microcae.models.registry import (
+        CODEC_LEVELS,
+        DEFAULT_CODEC_LEVEL,
+        codec_level,
+        level_rate,
+    )
+    from microcae.util.errors import MicrocaeError
+
+    assert codec_level(None) == CODEC_LEVELS[DEFAULT_CODEC_LEVEL - 1] == "codec-3"
+    assert [codec_level(None, quality=q) for q in range(1, 5)] == list(CODEC_LEVELS)
+    rates = [level_rate(name) for name in CODEC_LEVELS]
+    assert rates == sorted(rates) and len(set(rates)) == len(rates)  # level 1: fewest bits
+    for name, rate in zip(CODEC_LEVELS, rates, strict=True):
+        assert codec_level(None, bpp=rate) == name
+    between = (rates[0] + rates[1]) / 2
+    assert codec_level(None, bpp=between * 0.99) == "codec-1"
+    assert codec_level(None, bpp=between * 1.01) == "codec-2"
+    for bad in ({"quality": 0}, {"quality": 5}):
+        with pytest.raises(MicrocaeError, match="--quality must be 1..4"):
+            codec_level(None, **bad)
+    with pytest.raises(MicrocaeError, match="exclude each other"):
+        codec_level("study", quality=1)
+
+
+def test_each_quality_level_writes_bigger_files_that_decode_closer_without_options(tmp_path):
+    from microcae.models.registry import ASSETS
+
+    sample = ASSETS / "samples" / "aisi1045_core.png"
+    original = np.asarray(Image.open(sample)).astype(np.float64)
+    sizes, errors = [], []
+    for quality in range(1, 5):
+        out = tmp_path / f"q{quality}"
+        assert main(["encode", str(sample), "--quality", str(quality), "-o", str(out),
+                     "--no-progress"]) == 0
+        latent = out / "aisi1045_core.mcl"
+        assert main(["decode", str(latent), "-o", str(tmp_path / f"d{quality}"),
+                     "--no-progress"]) == 0
+        decoded = np.asarray(Image.open(tmp_path / f"d{quality}" / "aisi1045_core.png"),
+                             dtype=np.float64)
+        assert decoded.shape == original.shape
+        sizes.append(latent.stat().st_size)
+        errors.append(float(np.mean((decoded - original) ** 2)))
+    assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True), (sizes, errors)

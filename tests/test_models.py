@@ -168,8 +168,8 @@ def test_pack_stores_kernels_as_float16_and_keeps_every_table_and_integer(tmp_pa
     full_tables, packed_tables = full.model.stored_tensors(), packed.model.stored_tensors()
     assert full_tables.keys() == packed_tables.keys()
     assert all(torch.equal(full_tables[k], packed_tables[k]) for k in full_tables)
-    assert packed.provenance["note"] == "a test convolution kernels stored as float16 " \
-        "(microcae models pack)"
+    assert packed.provenance["note"] == "a test Packed by 'microcae models pack': " \
+        "convolution kernels stored as float16."
     image = torch.rand(1, 1, 70, 90, generator=torch.Generator().manual_seed(1))
     coded = packed.model.compress(image)
     again = read_model_file(tmp_path / "packed.safetensors").model

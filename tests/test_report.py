@@ -175,6 +175,14 @@ def golden_numbers(numbers: dict) -> dict:
     return flat
 
 
+def zstd_sizes(golden: dict) -> set[str]:
+    """Keys of the storage rows that zstd-compress the latents (their sizes and ratios)."""
+    rows = {k.rsplit(".", 1)[0] for k, v in golden.items()
+            if k.startswith("storage.") and k.endswith(".label") and "zstd" in v}
+    return {k for k in golden if any(k.startswith(row + ".") for row in rows)
+            and not k.endswith(".label") and isinstance(golden[k], float)}
+
+
 def test_golden_numbers_flatten_and_skip():
     report = {"seconds": {"total": 3}, "a": {"b": [1.5, {"c": "x", "path": "/tmp"}]},
               "claims": [{"verdict": "holds", "measured": "0.1"}], "none": None,
@@ -217,7 +225,14 @@ def test_quick_report_end_to_end(tmp_path, capsys, expected):
     words = {k for k, v in stored.items() if not isinstance(v, float)}
     assert {k: golden[k] for k in words} == {k: stored[k] for k in words}
     measured = {k: v for k, v in golden.items() if k not in words}
-    assert measured == pytest.approx({k: stored[k] for k in measured}, rel=1e-4, nan_ok=True)
+    compressed = zstd_sizes(stored)
+    exact = {k: v for k, v in measured.items() if k not in compressed}
+    assert exact == pytest.approx({k: stored[k] for k in exact}, rel=1e-4, nan_ok=True)
+    # zstd's output size follows the latents' last bits (and their uint8 rounding), which
+    # differ between CPUs: AVX2 and AVX-512 machines of this kind gave 7395.5 and 7392.5 bytes
+    # a tile for float32 + zstd
+    loose = {k: measured[k] for k in compressed}
+    assert loose and loose == pytest.approx({k: stored[k] for k in loose}, rel=2e-3)
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

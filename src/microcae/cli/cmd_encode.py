@@ -26,7 +26,7 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
 @out_dir_option
 @click.option("--quality", "-q", type=click.IntRange(1), default=None,
               help="Quality level of microcae's codec (1 = smallest files; see 'microcae "
-                   "models'). Default: the codec's middle level.")
+                   "models'). Default: level 3 (the level the others were fine-tuned from).")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Pick the codec level whose measured rate (bits per pixel on the test "
                    "micrographs) is closest to this target.")

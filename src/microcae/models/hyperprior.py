@@ -525,7 +525,8 @@ class HyperpriorCodec(MicrocaeModel):
 
         Each convolution runs with the layers after it in cache-sized row chunks
         (:data:`~microcae.models.strips.CHUNK_BYTES`): for float64 NCHW input 2–4 times faster
-        than whole layers and bitwise the same.
+        than whole layers and the same (bitwise on AVX2 CPUs; to ≈1e-16 on AVX-512 ones, see
+        :mod:`microcae.models.strips`).
 
         Parameters
         ----------

@@ -219,10 +219,9 @@ def decompress_whole(model: MicrocaeModel, stream: bytes, shape: tuple[int, int]
     Returns
     -------
     np.ndarray
-        (H, W) image in [0, 1], ``dtype``'s NumPy type. For float64 bitwise that of one pass
-        whenever each strip gives the first synthesis layer at least 192 output positions
-        (automatic strips give thousands; see :mod:`microcae.models.strips`), and the same
-        8- and 16-bit pixels for any ``strip_rows``.
+        (H, W) image in [0, 1], ``dtype``'s NumPy type: the same 8- and 16-bit pixels for any
+        ``strip_rows`` (tested); for float64 equal to one pass to ≈1e-16, bitwise on some CPUs
+        (see :mod:`microcae.models.strips`).
     """
     fast = dtype == torch.float32
     decoding = inference_copy(model, dtype, channels_last=fast)

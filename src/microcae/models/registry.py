@@ -42,15 +42,17 @@ BUNDLED: dict[str, Path] = {
     "codec-1": ASSETS / "codec_1.safetensors",
     "codec-2": ASSETS / "codec_2.safetensors",
     "codec-3": ASSETS / "codec_3.safetensors",
+    "codec-4": ASSETS / "codec_4.safetensors",
 }
 """Models shipped with the package, by the name ``--model`` accepts (see the README for how
 each was trained; each file's provenance metadata says so too)."""
 
-CODEC_LEVELS = ("codec-1", "codec-2", "codec-3")
+CODEC_LEVELS = ("codec-1", "codec-2", "codec-3", "codec-4")
 """Bundled levels of microcae's codec, from the smallest files to the best quality
 (``microcae encode --quality Q`` picks ``codec-Q``)."""
-DEFAULT_CODEC_LEVEL = 2
-"""The level ``microcae encode`` uses without ``--quality``, ``--bpp`` or ``--model``."""
+DEFAULT_CODEC_LEVEL = 3
+"""The level ``microcae encode`` uses without ``--quality``, ``--bpp`` or ``--model`` (λ = 0.01,
+the level the others were fine-tuned from; see docs/codec.md)."""
 
 DEFAULT_MODEL = "study"
 BUNDLED_MODEL = BUNDLED[DEFAULT_MODEL]
@@ -250,7 +252,7 @@ def pack_model(source: str | Path, target: str | Path, note: str | None = None) 
             tensor = tensor.half()
         state[name] = tensor
     provenance = dict(stored.provenance)
-    packed = "convolution kernels stored as float16 (microcae models pack)"
+    packed = "Packed by 'microcae models pack': convolution kernels stored as float16."
     provenance["note"] = " ".join(filter(None, [provenance.get("note"), note, packed]))
     model = stored.model
     tables = model.stored_tensors()

@@ -15,13 +15,15 @@ input values as in one whole pass. :func:`run_in_strips` fills the whole output 
 layers after it in row chunks whose unfolded input (PyTorch's float64 convolution is an
 ``im2col`` matrix times the weights) fits in the cache.
 
-With PyTorch's CPU kernels the result is bitwise that of one whole pass: tested for microcae's
-float32 channels-last analysis (oneDNN) at every band size, and for its float64 NCHW synthesis
-(im2col + MKL ``dgemm``) with one exception: MKL 2024.2 forms a ``dgemm`` product with fewer than
-192 columns and a reduction length of 864 or 1728 in another order (≈1e-16 relative). Chunks
-here always have at least :data:`MIN_GEMM_COLUMNS` columns; strips have as many unless a caller
-asks for very thin ones (then the last bits may differ; 8- and 16-bit pixels do not). oneDNN's
-float32 synthesis likewise differs in the last bits for bands of a few hundred positions.
+With PyTorch's CPU kernels the float32 channels-last analysis (oneDNN) is bitwise that of one
+whole pass at every band size tested, so the coded stream is too. The float64 NCHW synthesis
+(im2col + MKL ``dgemm``) gives the same 8- and 16-bit pixels at every strip size tested, and
+float64 values equal to one pass to ≈1e-16: MKL 2024.2 sums a ``dgemm`` in an order that depends
+on its shape and on the CPU. On an AVX2 machine only products with fewer than 192 columns (and a
+reduction length of 864 or 1728) differed, so chunks here keep at least
+:data:`MIN_GEMM_COLUMNS` columns; on an AVX-512 machine chunks and strips of any size may differ
+from whole layers in the last bits. oneDNN's float32 synthesis likewise differs in the last bits
+for bands of a few hundred positions.
 """
 
 from __future__ import annotations
@@ -320,8 +322,8 @@ def run_in_strips(stack: nn.Module, x: torch.Tensor, strip: int | None = None,
     Returns
     -------
     torch.Tensor
-        (N, C', stop, W'), bitwise ``stack(x)[:, :, :stop]`` (see the module docstring), in the
-        memory format of the last layer's output. Peak memory: this output plus one strip's
+        (N, C', stop, W'), ``stack(x)[:, :, :stop]`` (bitwise, or to the last bits: see the
+        module docstring), in the memory format of the last layer's output. Peak memory: this output plus one strip's
         activations (its rows and every layer's halo), plus one chunk's im2col.
     """
     layers = flatten(stack)

@@ -226,6 +226,7 @@ def _describe(model: MicrocaeModel) -> dict[str, Any]:
                             f"({', '.join(MODEL_KINDS)})")
     return {"kind": model.kind, "config": json.loads(model.config.to_json())}
 
+
 def _initialise(model: MicrocaeModel, init: str | Path) -> dict[str, Any]:
     """Load the weights of model file ``init`` into ``model``; return what the run records.
 
