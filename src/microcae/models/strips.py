@@ -323,8 +323,9 @@ def run_in_strips(stack: nn.Module, x: torch.Tensor, strip: int | None = None,
     -------
     torch.Tensor
         (N, C', stop, W'), ``stack(x)[:, :, :stop]`` (bitwise, or to the last bits: see the
-        module docstring), in the memory format of the last layer's output. Peak memory: this output plus one strip's
-        activations (its rows and every layer's halo), plus one chunk's im2col.
+        module docstring), in the memory format of the last layer's output. Peak memory: this
+        output plus one strip's activations (its rows and every layer's halo), plus one
+        chunk's im2col.
     """
     layers = flatten(stack)
     heights = [x.shape[2]]
