@@ -158,13 +158,21 @@ def test_pack_stores_kernels_as_float16_and_keeps_every_table_and_integer(tmp_pa
     dtypes = _dtypes(tmp_path / "packed.safetensors")
     full_state = full.model.state_dict()
     for name, value in packed.model.state_dict().items():
+        if name.startswith("hyper_decoder."):
+            continue  # left out of the file, derived from the integers (checked below)
         if full_state[name].dim() == 4:
             assert dtypes[name] == "F16", name
             assert torch.equal(value, full_state[name].half().float()), name
         else:
             assert dtypes[name] == "F32" and torch.equal(value, full_state[name]), name
     hyper_weights = [n for n in dtypes if n.startswith("tables.hyper.") and n.endswith("weight")]
-    assert len(hyper_weights) == 3 and all(dtypes[n] == "I16" for n in hyper_weights)
+    assert len(hyper_weights) == 3 and all(dtypes[n] in ("I8", "I16") for n in hyper_weights)
+    assert not any(n.startswith("hyper_decoder.") for n in dtypes)  # derived on loading
+    for packed_layer, full_layer in zip(packed.model._int_layers(), full.model._int_layers(),
+                                        strict=True):
+        packed_layer.frozen = None  # the derived floats round back to the stored integers
+        assert all(torch.equal(a, b) for a, b in zip(packed_layer.integer_parameters(),
+                                                     full_layer.integer_parameters(), strict=True))
     full_tables, packed_tables = full.model.stored_tensors(), packed.model.stored_tensors()
     assert full_tables.keys() == packed_tables.keys()
     assert all(torch.equal(full_tables[k], packed_tables[k]) for k in full_tables)
@@ -182,7 +190,9 @@ def test_pack_stores_kernels_as_float16_and_keeps_every_table_and_integer(tmp_pa
 def test_the_bundled_codec_levels_are_packed():
     for name in CODEC_LEVELS:
         dtypes = _dtypes(BUNDLED[name])
-        kernels = [k for k, v in load_model(name).state_dict().items() if v.dim() == 4]
+        kernels = [k for k, v in load_model(name).state_dict().items()
+                   if v.dim() == 4 and not k.startswith("hyper_decoder.")]
+        assert not any(k.startswith("hyper_decoder.") for k in dtypes)
         assert kernels and {dtypes[k] for k in kernels} == {"F16"}, name
 
 

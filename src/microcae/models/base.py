@@ -54,6 +54,9 @@ class MicrocaeModel(nn.Module):
     """How latent files store this model's latents by default (``"uint8"`` or ``"entropy"``)."""
     stored_prefix: ClassVar[str] = "tables."
     """Name prefix of stored tensors that are not weights (tables)."""
+    derived_prefix: ClassVar[str | None] = None
+    """Name prefix of weights a file may leave out because :meth:`load_stored_tensors` derives
+    them exactly from the stored tensors (packed files); None: every weight is stored."""
 
     config: Any
     encoder: nn.Module

@@ -275,6 +275,7 @@ class HyperpriorCodec(MicrocaeModel):
     kind = "microcae.hyperprior"
     config_type = HyperpriorConfig
     latent_coding = "stream"
+    derived_prefix = "hyper_decoder."
 
     def __init__(self, config: HyperpriorConfig | None = None) -> None:
         super().__init__()
@@ -311,8 +312,15 @@ class HyperpriorCodec(MicrocaeModel):
         return self.tables_tensors()
 
     def load_stored_tensors(self, tensors: dict[str, torch.Tensor], label: str) -> None:
-        """Restore them from a model file's tensors (:meth:`load_tables`)."""
+        """Restore them from a model file's tensors (:meth:`load_tables`).
+
+        A packed file leaves out the hyper-synthesis' float parameters (:attr:`derived_prefix`);
+        they are then derived from its stored integers.
+        """
         self.load_tables(tensors, label)
+        for k, layer in enumerate(self._int_layers(), start=1):
+            if f"{self.derived_prefix}conv{k}.weight" not in tensors:
+                layer.derive_float_parameters()
 
     # ---------------------------------------------------------------- training
     def scale_of(self, index: torch.Tensor) -> torch.Tensor:

@@ -89,14 +89,25 @@ class IntConv2d(nn.Module):
         self.frozen = None
         self.frozen = self.integer_parameters()
 
+    def derive_float_parameters(self) -> None:
+        """Set the float parameters to the frozen integers over their scales (exact in float32).
+
+        For files that store only the integers: the training path then rounds them back to the
+        same integers, so a fine-tune starts from exactly the stored network.
+        """
+        weight, bias = self.integer_parameters()
+        with torch.no_grad():
+            self.weight.copy_(weight.double() / self.weight_scale)
+            self.bias.copy_(bias.double() / self.bias_scale)
+
     def load_integer_parameters(self, weight: torch.Tensor, bias: torch.Tensor,
                                 label: str) -> None:
-        """Set the frozen integers from stored tensors (int32; weights int16 or int32), checked.
+        """Set the frozen integers from stored tensors (int32; weights int8, int16 or int32).
 
-        Packed model files (:func:`microcae.models.registry.pack_model`) store the weights,
-        ``|W| <= weight_max < 2**15``, as int16.
+        Packed model files (:func:`microcae.models.registry.pack_model`) store each layer's
+        weights in the smallest of those types that holds them.
         """
-        if (weight.dtype not in (torch.int16, torch.int32) or bias.dtype != torch.int32
+        if (weight.dtype not in (torch.int8, torch.int16, torch.int32) or bias.dtype != torch.int32
                 or weight.shape != self.weight.shape or bias.shape != self.bias.shape):
             raise MicrocaeError(f"{label}: integer hyper-synthesis parameters do not fit")
         if (int(weight.abs().max()) > self.weight_max or int(bias.abs().max()) > self.bias_max):

@@ -101,6 +101,9 @@ def _checked_config(header: FileHeader, cls: type[MicrocaeModel]) -> Any:
         skeleton = cls(config)
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     stored = {k: s for k, s in header.shapes.items() if not k.startswith(cls.stored_prefix)}
+    if cls.derived_prefix is not None:  # weights the model derives from its stored tables
+        expected = {k: s for k, s in expected.items()
+                    if k in stored or not k.startswith(cls.derived_prefix)}
     if stored != expected:
         raise MicrocaeError(f"{header.path}: weights do not match the stored configuration")
     return config
@@ -113,7 +116,10 @@ def _load_weights(path: Path, model: MicrocaeModel, tensors: dict[str, torch.Ten
         raise MicrocaeError(f"{path}: weights do not match the stored configuration")
     if not all(torch.isfinite(t).all() for t in weights.values()):
         raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
+    missing = model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()},
+                                    strict=False).missing_keys
+    if any(not k.startswith(model.derived_prefix or "\0") for k in missing):
+        raise MicrocaeError(f"{path}: weights do not match the stored configuration")
 
 
 def read_model_file(name_or_path: str | Path | None = None) -> ModelFile:
@@ -221,8 +227,10 @@ def pack_model(source: str | Path, target: str | Path, note: str | None = None) 
     """Write a smaller copy of a model file: convolution kernels stored as float16.
 
     Every 4-D floating-point tensor (the convolution kernels, nearly all of a codec's weights)
-    is rounded to float16, and the integer weights of a codec's hyper-synthesis are stored as
-    int16 (exact: the bundled levels' ``weight_max`` is 2047; int32 stays for any beyond 2**15).
+    is rounded to float16, and the integer weights of a codec's hyper-synthesis are stored in
+    the smallest of int8, int16 and int32 that holds each layer (exact)
+    while its float parameters, which only training uses, are left out (the model's
+    :attr:`~MicrocaeModel.derived_prefix`; loading derives them exactly from the integers).
     Everything else (GDN and entropy-model parameters, code tables, integer biases) is copied
     unchanged and no table is rebuilt. Loading upcasts the kernels exactly, so the model that
     runs, and its fingerprint, is the stored one on every machine. The bundled codec levels are
@@ -245,7 +253,10 @@ def pack_model(source: str | Path, target: str | Path, note: str | None = None) 
     """
     stored = read_model_file(source)
     state = {}
+    derived = stored.model.derived_prefix
     for name, tensor in stored.model.state_dict().items():
+        if derived is not None and name.startswith(derived):
+            continue  # the model derives these from its stored tables
         if tensor.is_floating_point() and tensor.dim() == 4:
             if not torch.isfinite(tensor.half()).all():
                 raise MicrocaeError(f"{source}: {name} does not fit float16")
@@ -257,8 +268,9 @@ def pack_model(source: str | Path, target: str | Path, note: str | None = None) 
     model = stored.model
     tables = model.stored_tensors()
     for name, tensor in tables.items():
-        if (name.startswith("tables.hyper.") and name.endswith(".weight")
-                and int(tensor.abs().max()) < 1 << 15):
-            tables[name] = tensor.to(torch.int16)
+        if name.startswith("tables.hyper.") and name.endswith(".weight"):
+            largest = int(tensor.abs().max())
+            tables[name] = tensor.to(torch.int8 if largest < 1 << 7 else
+                                     torch.int16 if largest < 1 << 15 else torch.int32)
     write_model_file(target, {**state, **tables}, model.kind,
                      model.format_version, model.config.to_json(), provenance)
