@@ -57,11 +57,10 @@ def main() -> None:
         compare_codecs,
         write_comparison,
     )
-    from microcae.models.registry import BUNDLED, CODEC_LEVELS, load_model
+    from microcae.models.registry import BUNDLED, codec_levels, load_model
 
     torch.set_num_threads(args.threads)
-    names = args.model or [*[n for n in CODEC_LEVELS if n in BUNDLED and BUNDLED[n].is_file()],
-                           "study", "rd-study", "rd-wide"]
+    names = args.model or [*codec_levels(), "study", "rd-study", "rd-wide"]
     models = [(name if name in BUNDLED else Path(name).stem, load_model(name)) for name in names]
     sources = test_sources(args.data, args.images)
     micrographs = [replace(read_micrograph(path), path=str(path.relative_to(args.images)))

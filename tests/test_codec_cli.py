@@ -113,38 +113,81 @@ def test_encode_errors_write_nothing(tmp_path, images, tiny_model_file, capsys):
     assert not out.exists()
 
 
-def test_rate_control_picks_bundled_levels_by_quality_target_rate_or_default():
-    from microcae.models.registry import (
-        CODEC_LEVELS,
-        DEFAULT_CODEC_LEVEL,
-        codec_level,
-        level_rate,
-    )
+def test_rate_control_picks_bundled_levels_by_quality_or_default():
+    from microcae.models.registry import CODEC_LEVELS, DEFAULT_CODEC_LEVEL, codec_level
     from microcae.util.errors import MicrocaeError
 
-    assert codec_level(None) == CODEC_LEVELS[DEFAULT_CODEC_LEVEL - 1] == "codec-3"
-    assert [codec_level(None, quality=q) for q in range(1, 5)] == list(CODEC_LEVELS)
-    rates = [level_rate(name) for name in CODEC_LEVELS]
-    assert rates == sorted(rates) and len(set(rates)) == len(rates)  # level 1: fewest bits
-    for name, rate in zip(CODEC_LEVELS, rates, strict=True):
-        assert codec_level(None, bpp=rate) == name
-    between = (rates[0] + rates[1]) / 2
-    assert codec_level(None, bpp=between * 0.99) == "codec-1"
-    assert codec_level(None, bpp=between * 1.01) == "codec-2"
-    for bad in ({"quality": 0}, {"quality": 5}):
-        with pytest.raises(MicrocaeError, match="--quality must be 1..4"):
-            codec_level(None, **bad)
+    assert codec_level(None) == CODEC_LEVELS[DEFAULT_CODEC_LEVEL - 1]
+    levels = len(CODEC_LEVELS)
+    assert [codec_level(None, quality=q) for q in range(1, levels + 1)] == list(CODEC_LEVELS)
+    assert codec_level("study") == "study"
+    for bad in (0, levels + 1):
+        with pytest.raises(MicrocaeError, match=f"--quality must be 1..{levels}"):
+            codec_level(None, quality=bad)
     with pytest.raises(MicrocaeError, match="exclude each other"):
         codec_level("study", quality=1)
 
 
+@pytest.fixture(scope="module")
+def level_files(tmp_path_factory):
+    """A 200 × 180 crop of a bundled sample (PNG), the bundled levels and each one's file of it."""
+    from microcae.codec import encode_image
+    from microcae.data.images import read_micrograph
+    from microcae.models.registry import ASSETS, CODEC_LEVELS
+
+    pixels = np.asarray(Image.open(ASSETS / "samples" / "aisi1045_core.png"))[:200, :180]
+    image = write_png(tmp_path_factory.mktemp("crop") / "crop.png", pixels)
+    micrograph = read_micrograph(image)
+    models = [load_model(name) for name in CODEC_LEVELS]
+    return image, micrograph, models, [encode_image(m, micrograph) for m in models]
+
+
+def test_rate_budget_takes_the_highest_level_whose_file_fits(level_files):
+    from microcae.codec import RateBudget
+
+    _, micrograph, models, files = level_files
+    pixels = 200 * 180
+    rates = [8 * len(f) / pixels for f in files]
+    assert rates == sorted(rates) and len(set(rates)) == len(rates), rates
+    for k, rate in enumerate(rates):
+        assert RateBudget(models, rate).encode(micrograph) == files[k]  # exactly at the budget
+        if k:
+            assert RateBudget(models, rate - 8 / pixels).encode(micrograph) == files[k - 1]
+    assert RateBudget(models, rates[0] / 2).encode(micrograph) == files[0]  # none fits
+    assert RateBudget(models, 100.0).encode(micrograph) == files[-1]
+
+
+def test_encode_bpp_reports_each_files_level_and_excludes_other_choices(tmp_path, level_files,
+                                                                       capsys):
+    image, _, _, files = level_files
+    rate = 8 * len(files[1]) / (200 * 180)
+    out = tmp_path / "lat"
+    assert main(["encode", str(image), "--bpp", f"{rate + 1e-6:.6f}", "-o", str(out),
+                 "--no-progress"]) == 0
+    assert (out / "crop.mcl").read_bytes() == files[1]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"crop.mcl: codec-2, {rate:.3f} bpp"
+    assert main(["encode", str(image), "--bpp", "0.01", "-o", str(out), "--force",
+                 "--no-progress"]) == 0
+    assert (out / "crop.mcl").read_bytes() == files[0]
+    low = 8 * len(files[0]) / (200 * 180)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"crop.mcl: codec-1, {low:.3f} bpp (over the budget: the smallest file of this image)")
+    for extra, message in ((["--quality", "2"], "exclude each other"),
+                           (["--model", "study"], "exclude each other"),
+                           (["--dtype", "float16"], "--dtype does not apply with --bpp")):
+        rc = main(["encode", str(image), "--bpp", "0.5", "-o", str(tmp_path / "x"), *extra])
+        assert message in _one_line_error(capsys, rc)
+    assert not (tmp_path / "x").exists()
+
+
 def test_each_quality_level_writes_bigger_files_that_decode_closer_without_options(tmp_path):
-    from microcae.models.registry import ASSETS
+    from microcae.models.registry import ASSETS, CODEC_LEVELS
 
     sample = ASSETS / "samples" / "aisi1045_core.png"
     original = np.asarray(Image.open(sample)).astype(np.float64)
     sizes, errors = [], []
-    for quality in range(1, 5):
+    for quality in range(1, len(CODEC_LEVELS) + 1):
         out = tmp_path / f"q{quality}"
         assert main(["encode", str(sample), "--quality", str(quality), "-o", str(out),
                      "--no-progress"]) == 0

@@ -15,6 +15,7 @@ from microcae.cli.options import (
     progress_option,
 )
 from microcae.cli.secret_options import passphrase_option
+from microcae.util.errors import MicrocaeError
 
 DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
                           "microcae.codec:LATENT_DTYPES", "microcae.codec:ENTROPY")
@@ -28,8 +29,9 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
               help="Quality level of microcae's codec (1 = smallest files; see 'microcae "
                    "models'). Default: level 3 (the level the others were fine-tuned from).")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Pick the codec level whose measured rate (bits per pixel on the test "
-                   "micrographs) is closest to this target.")
+              help="Rate budget in bits per pixel of the written file: each image gets the "
+                   "best codec level whose file is no larger (the smallest level if none "
+                   "fits; encodes each image up to 3 times).")
 @click.option("--dtype", "latent_dtype", type=DTYPE_CHOICE, default=None,
               help="Latent storage of tiled models (--model study, rd-*): uint8 (per-channel "
                    "scale/offset), float16, float32, or entropy (RD models). Default: the "
@@ -50,14 +52,37 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
     the study's CAE (256×256 tiles, 16×16×8 latents).
     """
     from microcae.cli.secret_options import resolve_secret
-    from microcae.models.registry import codec_level, load_model
+    from microcae.codec import RateBudget
+    from microcae.models.registry import codec_level, codec_levels, load_model
     from microcae.pipelines.latent_files import encode_files, encode_targets
 
+    if bpp is not None and (model_path is not None or quality is not None):
+        raise MicrocaeError("--model, --quality and --bpp exclude each other")
+    if bpp is not None and latent_dtype is not None:
+        raise MicrocaeError("--dtype does not apply with --bpp (the codec levels code streams)")
     encode_targets(list(images), out_dir, force)  # refuse bad outputs before any prompt
-    model = load_model(codec_level(model_path, quality, bpp))
+    names = codec_levels() if bpp is not None else [codec_level(model_path, quality)]
+    if not names:
+        raise MicrocaeError("no codec level is bundled with this installation; pass --model")
+    models = [load_model(name) for name in names]
     secret = resolve_secret(key_file, passphrase, confirm=True)
-    written = encode_files(model, list(images), out_dir, latent_dtype, compress, secret, progress,
-                           force)
+    written = encode_files(RateBudget(models, bpp) if bpp is not None else models[0],
+                           list(images), out_dir, latent_dtype, compress, secret, progress, force)
+    if bpp is not None:
+        _report_levels(written, dict(zip((m.fingerprint() for m in models), names, strict=True)),
+                       bpp)
     total = sum(path.stat().st_size for path in written)
     click.echo(f"{out_dir}: {len(written)} latent files, {total} bytes"
                f"{' (encrypted)' if secret else ''}")
+
+
+def _report_levels(written: list[Path], names: dict[str, str], bpp: float) -> None:
+    """Say which codec level each file of a ``--bpp`` run got, and which exceed the budget."""
+    from microcae.codec import parse_header
+
+    for path in written:
+        data = path.read_bytes()
+        header = parse_header(data, str(path))
+        rate = 8 * len(data) / (header.source.shape[0] * header.source.shape[1])
+        over = " (over the budget: the smallest file of this image)" if rate > bpp else ""
+        click.echo(f"{path.name}: {names[header.fingerprint]}, {rate:.3f} bpp{over}")

@@ -60,10 +60,9 @@ def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
         markdown_report,
         write_comparison,
     )
-    from microcae.models.registry import BUNDLED, CODEC_LEVELS, load_model
+    from microcae.models.registry import codec_levels, load_model
 
-    names = models or (*[n for n in CODEC_LEVELS if n in BUNDLED and BUNDLED[n].is_file()],
-                       *DEFAULT_MODELS)
+    names = models or (*codec_levels(), *DEFAULT_MODELS)
     labels = [_model_name(name) for name in names]
     if len(set(labels)) != len(labels):
         raise MicrocaeError(f"--model values need different names, got {', '.join(labels)}")

@@ -10,6 +10,7 @@ from microcae.codec.container import ENTROPY, SUFFIX, LatentHeader, SourceInfo, 
 from microcae.codec.crypto import Secret, generate_key, read_key_file, write_key_file
 from microcae.codec.latent_files import (
     DecodedImage,
+    RateBudget,
     decode_bytes,
     default_dtype,
     encode_image,
@@ -23,6 +24,7 @@ __all__ = [
     "SUFFIX",
     "DecodedImage",
     "LatentHeader",
+    "RateBudget",
     "Secret",
     "SourceInfo",
     "decode_bytes",

@@ -10,6 +10,7 @@ argument, not a measurement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,50 @@ def encode_image(
     return write_container(latents, source, tile, model.fingerprint(), latent_dtype,
                            compress and not entropy, secret,
                            model.tables if entropy else None)
+
+
+@dataclass(frozen=True)
+class RateBudget:
+    """Encode each image at the best codec level whose file fits a rate budget (``--bpp``).
+
+    Attributes
+    ----------
+    levels
+        Whole-image codecs ordered from the smallest files to the best quality (the bundled
+        levels); their rates are assumed to grow with the level, as training made them.
+    max_bpp
+        Budget in bits of the written file (header, and encryption if any, included) per
+        pixel of the image.
+    """
+
+    levels: Sequence[MicrocaeModel]
+    max_bpp: float
+
+    def encode(self, micrograph: Micrograph, secret: Secret | None = None) -> bytes:
+        """Return the file bytes of the highest level within the budget (bisection).
+
+        The lowest level's file when even that one exceeds the budget (the smallest file
+        microcae can make of the image; ``microcae encode`` then says so).
+        """
+        if not self.levels or not all(m.latent_coding == STREAM for m in self.levels):
+            raise MicrocaeError("a rate budget needs whole-image codec levels")
+        pixels = micrograph.shape[0] * micrograph.shape[1]
+        files: dict[int, bytes] = {}
+
+        def fits(level: int) -> bool:
+            files[level] = encode_image(self.levels[level], micrograph, secret=secret)
+            return 8 * len(files[level]) / pixels <= self.max_bpp
+
+        low, high = 0, len(self.levels) - 1  # answer: highest fitting level in low..high
+        if not fits(low):
+            return files[low]
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle - 1
+        return files[low]
 
 
 def model_for_file(data: bytes, label: str) -> MicrocaeModel:

@@ -165,14 +165,12 @@ def bundled_model_for(fingerprint: str) -> MicrocaeModel | None:
     return None
 
 
-def level_rate(name: str) -> float:
-    """Return the mean bits per pixel a bundled codec level reached on its test tiles."""
-    final = read_model_file(name).provenance.get("final_eval", {})
-    return float(final.get("test_bpp", "nan"))
+def codec_levels() -> list[str]:
+    """Names of the :data:`CODEC_LEVELS` bundled with this installation, smallest files first."""
+    return [name for name in CODEC_LEVELS if name in BUNDLED and BUNDLED[name].is_file()]
 
 
-def codec_level(model: str | Path | None, quality: int | None = None,
-                bpp: float | None = None) -> str | Path:
+def codec_level(model: str | Path | None, quality: int | None = None) -> str | Path:
     """Choose the model of ``microcae encode``: ``model`` if given, else a codec level.
 
     Parameters
@@ -180,28 +178,24 @@ def codec_level(model: str | Path | None, quality: int | None = None,
     model
         A bundled name or a path (``--model``), or None.
     quality
-        Level 1..len(:data:`CODEC_LEVELS`) (``--quality``).
-    bpp
-        Target bits per pixel (``--bpp``): the level whose measured rate is closest.
+        Level 1..len(:data:`CODEC_LEVELS`) (``--quality``); None: :data:`DEFAULT_CODEC_LEVEL`.
 
     Raises
     ------
     MicrocaeError
-        If more than one of the three is given, or the level does not exist.
+        If both are given, or the level does not exist.
     """
-    if sum(x is not None for x in (model, quality, bpp)) > 1:
+    if model is not None and quality is not None:
         raise MicrocaeError("--model, --quality and --bpp exclude each other")
     if model is not None:
         return model
-    levels = [name for name in CODEC_LEVELS if name in BUNDLED and BUNDLED[name].is_file()]
+    levels = codec_levels()
     if not levels:
         raise MicrocaeError("no codec level is bundled with this installation; pass --model")
     if quality is not None:
         if not 1 <= quality <= len(levels):
             raise MicrocaeError(f"--quality must be 1..{len(levels)}")
         return levels[quality - 1]
-    if bpp is not None:
-        return min(levels, key=lambda name: abs(level_rate(name) - bpp))
     return levels[min(DEFAULT_CODEC_LEVEL, len(levels)) - 1]
 
 

@@ -14,7 +14,13 @@ from tqdm import tqdm
 
 from microcae.codec.container import SUFFIX
 from microcae.codec.crypto import Secret
-from microcae.codec.latent_files import encode_image, model_for_file, open_latent_file, render
+from microcae.codec.latent_files import (
+    RateBudget,
+    encode_image,
+    model_for_file,
+    open_latent_file,
+    render,
+)
 from microcae.data.images import find_images, read_micrograph
 from microcae.models.base import MicrocaeModel
 from microcae.util.atomic import (
@@ -57,7 +63,7 @@ def decode_targets(files: list[str | Path], out_dir: str | Path,
 
 
 def encode_files(
-    model: MicrocaeModel,
+    model: MicrocaeModel | RateBudget,
     inputs: list[str | Path],
     out_dir: str | Path,
     latent_dtype: str | None = None,
@@ -70,7 +76,9 @@ def encode_files(
 
     Every image is encoded in memory first (latent files are small); files are written, each
     atomically, only when all inputs succeeded, so an error leaves nothing behind.
-    ``force`` allows replacing existing ``.mcl`` files (never an input).
+    ``force`` allows replacing existing ``.mcl`` files (never an input). ``model`` a
+    :class:`~microcae.codec.latent_files.RateBudget`: each image at the best codec level whose
+    file fits the budget (``latent_dtype`` and ``compress`` do not apply).
 
     Returns
     -------
@@ -87,8 +95,9 @@ def encode_files(
     blobs = []
     for path in tqdm(images, desc="encode", unit="image", disable=not progress):
         with memory_guard(str(path)):
-            blobs.append(encode_image(model, read_micrograph(path), latent_dtype, compress,
-                                      secret))
+            micrograph = read_micrograph(path)
+            blobs.append(model.encode(micrograph, secret) if isinstance(model, RateBudget)
+                         else encode_image(model, micrograph, latent_dtype, compress, secret))
     for target, blob in zip(targets, blobs, strict=True):
         write_bytes_atomic(target, blob)
     return targets
