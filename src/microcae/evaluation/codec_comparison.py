@@ -498,7 +498,7 @@ def markdown_report(comparison: CodecComparison, title: str = "Codec comparison"
         "is at its best setting whose file is no larger than the budget. Means over images.",
         "", "## Bjøntegaard delta rate (%, PSNR; negative: fewer bits than the codec)", "",
         markdown_table(comparison.bd_table("rate")), "",
-        "NaN: the model's PSNR lies outside the codec's curve (below its lowest setting's).", "",
+        "–: the model's PSNR lies outside the codec's curve (below its lowest setting's).", "",
         "## Bjøntegaard delta PSNR (dB at equal rate; positive: better than the codec)", "",
         markdown_table(comparison.bd_table("psnr")), "",
         "## At the bytes of each microcae file", "",

@@ -118,7 +118,8 @@ def _load_weights(path: Path, model: MicrocaeModel, tensors: dict[str, torch.Ten
         raise MicrocaeError(f"{path}: weights contain NaN or infinite values")
     missing = model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()},
                                     strict=False).missing_keys
-    if any(not k.startswith(model.derived_prefix or "\0") for k in missing):
+    derived = model.derived_prefix
+    if any(derived is None or not k.startswith(derived) for k in missing):
         raise MicrocaeError(f"{path}: weights do not match the stored configuration")
 
 
