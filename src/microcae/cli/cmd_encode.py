@@ -27,11 +27,11 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
 @out_dir_option
 @click.option("--quality", "-q", type=click.IntRange(1), default=None,
               help="Quality level of microcae's codec (1 = smallest files; see 'microcae "
-                   "models'). Default: level 3 (the level the others were fine-tuned from).")
+                   "models'). Default: level 4 (λ 0.01, the λ of the base run).")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Rate budget in bits per pixel of the written file: each image gets the "
                    "best codec level whose file is no larger (the smallest level if none "
-                   "fits; encodes each image up to 3 times).")
+                   "fits; up to 4 encodes of each image).")
 @click.option("--dtype", "latent_dtype", type=DTYPE_CHOICE, default=None,
               help="Latent storage of tiled models (--model study, rd-*): uint8 (per-channel "
                    "scale/offset), float16, float32, or entropy (RD models). Default: the "

@@ -53,7 +53,7 @@ model_option = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="A bundled model's name (see 'microcae models': study, study-steel, rd-study, rd-wide, "
-         "codec-1..4) or a model file (.safetensors) written by 'microcae train'. Default: the "
+         "codec-1..6) or a model file (.safetensors) written by 'microcae train'. Default: the "
          "study CAE "
          "(encode: the codec; decode: the model the file names).",
 )

@@ -43,16 +43,18 @@ BUNDLED: dict[str, Path] = {
     "codec-2": ASSETS / "codec_2.safetensors",
     "codec-3": ASSETS / "codec_3.safetensors",
     "codec-4": ASSETS / "codec_4.safetensors",
+    "codec-5": ASSETS / "codec_5.safetensors",
+    "codec-6": ASSETS / "codec_6.safetensors",
 }
 """Models shipped with the package, by the name ``--model`` accepts (see the README for how
 each was trained; each file's provenance metadata says so too)."""
 
-CODEC_LEVELS = ("codec-1", "codec-2", "codec-3", "codec-4")
+CODEC_LEVELS = tuple(f"codec-{k}" for k in range(1, 7))
 """Bundled levels of microcae's codec, from the smallest files to the best quality
 (``microcae encode --quality Q`` picks ``codec-Q``)."""
-DEFAULT_CODEC_LEVEL = 3
+DEFAULT_CODEC_LEVEL = 4
 """The level ``microcae encode`` uses without ``--quality``, ``--bpp`` or ``--model`` (λ = 0.01,
-the level the others were fine-tuned from; see docs/codec.md)."""
+the λ of the base run the others were fine-tuned from; see docs/codec.md)."""
 
 DEFAULT_MODEL = "study"
 BUNDLED_MODEL = BUNDLED[DEFAULT_MODEL]
