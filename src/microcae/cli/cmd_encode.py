@@ -53,17 +53,13 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
     """
     from microcae.cli.secret_options import resolve_secret
     from microcae.codec import RateBudget
-    from microcae.models.registry import codec_level, codec_levels, load_model
+    from microcae.models.registry import encode_models, load_model
     from microcae.pipelines.latent_files import encode_files, encode_targets
 
-    if bpp is not None and (model_path is not None or quality is not None):
-        raise MicrocaeError("--model, --quality and --bpp exclude each other")
+    names = encode_models(model_path, quality, bpp)
     if bpp is not None and latent_dtype is not None:
         raise MicrocaeError("--dtype does not apply with --bpp (the codec levels code streams)")
     encode_targets(list(images), out_dir, force)  # refuse bad outputs before any prompt
-    names = codec_levels() if bpp is not None else [codec_level(model_path, quality)]
-    if not names:
-        raise MicrocaeError("no codec level is bundled with this installation; pass --model")
     models = [load_model(name) for name in names]
     secret = resolve_secret(key_file, passphrase, confirm=True)
     written = encode_files(RateBudget(models, bpp) if bpp is not None else models[0],

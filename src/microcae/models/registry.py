@@ -173,6 +173,30 @@ def codec_levels() -> list[str]:
     return [name for name in CODEC_LEVELS if name in BUNDLED and BUNDLED[name].is_file()]
 
 
+def _required_levels() -> list[str]:
+    """:func:`codec_levels`, or an error when none is bundled."""
+    levels = codec_levels()
+    if not levels:
+        raise MicrocaeError("no codec level is bundled with this installation; pass --model")
+    return levels
+
+
+def encode_models(model: str | Path | None, quality: int | None = None,
+                  bpp: float | None = None) -> list[str | Path]:
+    """Models ``microcae encode`` may use: every bundled level for a ``bpp`` budget, else one.
+
+    Raises
+    ------
+    MicrocaeError
+        If more than one of ``model``, ``quality`` and ``bpp`` is given, or a level is missing.
+    """
+    if bpp is None:
+        return [codec_level(model, quality)]
+    if model is not None or quality is not None:
+        raise MicrocaeError("--model, --quality and --bpp exclude each other")
+    return list(_required_levels())
+
+
 def codec_level(model: str | Path | None, quality: int | None = None) -> str | Path:
     """Choose the model of ``microcae encode``: ``model`` if given, else a codec level.
 
@@ -192,9 +216,7 @@ def codec_level(model: str | Path | None, quality: int | None = None) -> str | P
         raise MicrocaeError("--model, --quality and --bpp exclude each other")
     if model is not None:
         return model
-    levels = codec_levels()
-    if not levels:
-        raise MicrocaeError("no codec level is bundled with this installation; pass --model")
+    levels = _required_levels()
     if quality is not None:
         if not 1 <= quality <= len(levels):
             raise MicrocaeError(f"--quality must be 1..{len(levels)}")
