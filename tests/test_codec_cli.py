@@ -157,6 +157,37 @@ def test_rate_budget_takes_the_highest_level_whose_file_fits(level_files):
     assert RateBudget(models, 100.0).encode(micrograph) == files[-1]
 
 
+def test_rate_budget_counts_the_encryption_and_seals_only_the_chosen_file(level_files,
+                                                                           monkeypatch):
+    from microcae.codec import RateBudget, Secret, decode_bytes
+    from microcae.codec import crypto
+
+    _, micrograph, models, files = level_files
+    pixels = 200 * 180
+    derivations = []
+    scrypt = crypto._scrypt
+
+    def counted(passphrase: str, salt: bytes) -> bytes:
+        derivations.append(salt)
+        return scrypt(passphrase, salt)
+
+    monkeypatch.setattr(crypto, "_scrypt", counted)
+    secret = Secret(passphrase="lab 7")
+    overhead = crypto.KEY_BLOCK_BYTES + crypto.TAG_BYTES - 4  # key block and tag for the CRC
+    for k in (2, 4):
+        budget = 8 * (len(files[k]) + overhead) / pixels  # level k's encrypted file, exactly
+        derivations.clear()
+        sealed = RateBudget(models, budget).encode(micrograph, secret)
+        assert len(sealed) == len(files[k]) + overhead and len(derivations) == 1
+        opened = decode_bytes(models[k], sealed, "f", secret)
+        assert np.array_equal(opened.stored, decode_bytes(models[k], files[k], "f").stored)
+        # the same budget without encryption has room for no more than level k either
+        assert RateBudget(models, budget).encode(micrograph) == files[k]
+        # one byte less: the encrypted file of level k no longer fits
+        smaller = RateBudget(models, budget - 8 / pixels).encode(micrograph, secret)
+        assert len(smaller) == len(files[k - 1]) + overhead
+
+
 def test_encode_bpp_reports_each_files_level_and_excludes_other_choices(tmp_path, level_files,
                                                                        capsys):
     image, _, _, files = level_files

@@ -22,6 +22,7 @@ from microcae.codec.container import (
     LatentHeader,
     SourceInfo,
     parse_header,
+    stream_file_bytes,
     unpack,
     unseal,
     write_container,
@@ -97,14 +98,11 @@ def encode_image(
     tile
         Tile side in pixels, a multiple of ``model.downsample``.
     """
-    source = SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
-                        micrograph.value_range)
     if model.latent_coding == STREAM:
         if latent_dtype not in (None, STREAM):
             raise MicrocaeError(f"--dtype {latent_dtype} does not apply to {model.kind} models "
                                 "(they code whole images into one stream)")
-        return write_stream(compress_whole(model, micrograph.pixels), source,
-                            model.latent_channels, model.fingerprint(), secret)
+        return _stream_file(model, micrograph, compress_whole(model, micrograph.pixels), secret)
     latent_dtype = latent_dtype or default_dtype(model)
     entropy = latent_dtype == ENTROPY
     if entropy and model.latent_coding != ENTROPY:
@@ -112,9 +110,21 @@ def encode_image(
     if tile % model.downsample:
         raise MicrocaeError(f"tile {tile} is not a multiple of {model.downsample}")
     latents, _ = encode_micrograph(model, micrograph.pixels, tile=tile)
-    return write_container(latents, source, tile, model.fingerprint(), latent_dtype,
-                           compress and not entropy, secret,
+    return write_container(latents, _source_info(micrograph), tile, model.fingerprint(),
+                           latent_dtype, compress and not entropy, secret,
                            model.tables if entropy else None)
+
+
+def _source_info(micrograph: Micrograph) -> SourceInfo:
+    return SourceInfo(micrograph.shape, micrograph.source_dtype, micrograph.scaling,
+                      micrograph.value_range)
+
+
+def _stream_file(model: MicrocaeModel, micrograph: Micrograph, stream: bytes,
+                 secret: Secret | None) -> bytes:
+    """The latent file of a whole-image codec's coded ``stream`` of ``micrograph``."""
+    return write_stream(stream, _source_info(micrograph), model.latent_channels,
+                        model.fingerprint(), secret)
 
 
 @dataclass(frozen=True)
@@ -138,27 +148,29 @@ class RateBudget:
         """Return the file bytes of the highest level within the budget (bisection).
 
         The lowest level's file when even that one exceeds the budget (the smallest file
-        microcae can make of the image; ``microcae encode`` then says so).
+        microcae can make of the image; ``microcae encode`` then says so). The trial streams
+        are measured by the size their file will have; only the chosen one is sealed (one
+        key derivation with a passphrase).
         """
         if not self.levels or not all(m.latent_coding == STREAM for m in self.levels):
             raise MicrocaeError("a rate budget needs whole-image codec levels")
         pixels = micrograph.shape[0] * micrograph.shape[1]
-        files: dict[int, bytes] = {}
+        streams: dict[int, bytes] = {}
 
         def fits(level: int) -> bool:
-            files[level] = encode_image(self.levels[level], micrograph, secret=secret)
-            return 8 * len(files[level]) / pixels <= self.max_bpp
+            streams[level] = compress_whole(self.levels[level], micrograph.pixels)
+            size = stream_file_bytes(len(streams[level]), encrypted=secret is not None)
+            return 8 * size / pixels <= self.max_bpp
 
         low, high = 0, len(self.levels) - 1  # answer: highest fitting level in low..high
-        if not fits(low):
-            return files[low]
-        while low < high:
-            middle = (low + high + 1) // 2
-            if fits(middle):
-                low = middle
-            else:
-                high = middle - 1
-        return files[low]
+        if fits(low):
+            while low < high:
+                middle = (low + high + 1) // 2
+                if fits(middle):
+                    low = middle
+                else:
+                    high = middle - 1
+        return _stream_file(self.levels[low], micrograph, streams[low], secret)
 
 
 def model_for_file(data: bytes, label: str) -> MicrocaeModel:
