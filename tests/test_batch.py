@@ -206,8 +206,14 @@ def test_cli_batch_writes_a_store_and_continues_it(collection, tiny_model_file, 
 
 
 MEASURE = """
-import json, resource, sys
+import ctypes, json, resource, sys
 from pathlib import Path
+from microcae.util.runtime import configure_allocator
+configure_allocator()  # now, so that later calls change nothing; then the probe's own settings:
+libc = ctypes.CDLL(None)  # blocks of 64 KiB and more are mapped and unmapped when freed, so the
+libc.mallopt(-4, 1 << 16)  # resident set is what is live, not what heap fragmentation kept
+libc.mallopt(-3, 1 << 16)  # (M_MMAP_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+libc.mallopt(-1, 1 << 16)
 from microcae.pipelines.batch import JOBS, BatchSettings, run_batch
 from microcae.models.registry import load_model
 model_path, out, warm = map(Path, sys.argv[1:4])

@@ -244,8 +244,11 @@ import ctypes, json
 import numpy as np, torch
 from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
 from microcae.models.inference import compress_whole, decompress_whole
+from microcae.util.runtime import configure_allocator
 torch.set_num_threads(1)
+configure_allocator()  # now, so that the coder's own call changes nothing; the probe's settings:
 libc = ctypes.CDLL(None)
+libc.mallopt(-4, 1 << 16)  # M_MMAP_MAX: mapping allowed again (microcae turns it off)
 libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks of 64 KiB and more are mapped, and
 libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD: unmapped when freed, so the RSS is what is live
 

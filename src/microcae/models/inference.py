@@ -16,7 +16,7 @@ from torch import nn
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
 from microcae.models.base import MicrocaeModel
 from microcae.models.hyperprior import STRIDE
-from microcae.util.runtime import to_channels_last
+from microcae.util.runtime import configure_allocator, to_channels_last
 
 DEFAULT_BATCH = 8
 STRIP_PIXELS = 1 << 21
@@ -31,8 +31,11 @@ def inference_copy(module: nn.Module, dtype: torch.dtype | None = None,
                    channels_last: bool = True) -> nn.Module:
     """Return a deep copy of ``module`` in eval mode, cast to ``dtype``, channels-last if asked.
 
-    The caller's module is left exactly as it was (mode, parameters, memory layout).
+    The caller's module is left exactly as it was (mode, parameters, memory layout). Sets
+    microcae's allocator (:func:`~microcae.util.runtime.configure_allocator`) first, so the
+    Python API runs as fast as the command line.
     """
+    configure_allocator()
     private = copy.deepcopy(module).eval()
     if dtype is not None:
         private = private.to(dtype)
