@@ -46,8 +46,6 @@ FLAG_ENCRYPTED = 2
 ZSTD_LEVEL = 19
 
 _FIXED = struct.Struct("<8sBBBBBBHIIddHH32sQ")
-_CRC = "<I"  # CRC-32 after the payload of an unencrypted file
-_CRC_BYTES = struct.calcsize(_CRC)
 FIXED_HEADER_BYTES = _FIXED.size
 CHECKSUM_BYTES = 4
 MAX_SIDE = 1 << 20
@@ -264,8 +262,8 @@ def stream_file_bytes(stream_bytes: int, encrypted: bool) -> int:
     The header (plus the key block when ``encrypted``), the stream, and the CRC-32 or the
     AES-GCM tag; lets a rate budget be checked before anything is sealed (no key derivation).
     """
-    seal_bytes = crypto.KEY_BLOCK_BYTES + crypto.TAG_BYTES if encrypted else _CRC_BYTES
-    return _FIXED.size + stream_bytes + seal_bytes
+    seal_bytes = crypto.KEY_BLOCK_BYTES + crypto.TAG_BYTES if encrypted else CHECKSUM_BYTES
+    return FIXED_HEADER_BYTES + stream_bytes + seal_bytes
 
 
 def _seal(body: bytes, source: SourceInfo, tile: int, channels: int, side: int,
@@ -283,7 +281,7 @@ def _seal(body: bytes, source: SourceInfo, tile: int, channels: int, side: int,
     if block is not None:
         return head + crypto.seal(key, block.nonce, body, head)
     data = head + body
-    return data + struct.pack(_CRC, zlib.crc32(data))
+    return data + struct.pack("<I", zlib.crc32(data))
 
 
 def _check(condition: bool, label: str, what: str) -> None:
@@ -434,7 +432,7 @@ def unseal(
         body = crypto.open_sealed(key, header.key_block.nonce, data[start:end], data[:start],
                                   label)
     else:
-        (stored,) = struct.unpack_from(_CRC, data, end)
+        (stored,) = struct.unpack_from("<I", data, end)
         if zlib.crc32(data[:end]) != stored:
             raise MicrocaeError(f"{label}: corrupt file (checksum mismatch)")
         if secret is not None:
