@@ -161,6 +161,7 @@ def test_rate_budget_counts_the_encryption_and_seals_only_the_chosen_file(level_
                                                                            monkeypatch):
     from microcae.codec import RateBudget, Secret, decode_bytes
     from microcae.codec import crypto
+    from microcae.codec.container import CHECKSUM_BYTES
 
     _, micrograph, models, files = level_files
     pixels = 200 * 180
@@ -173,7 +174,8 @@ def test_rate_budget_counts_the_encryption_and_seals_only_the_chosen_file(level_
 
     monkeypatch.setattr(crypto, "_scrypt", counted)
     secret = Secret(passphrase="lab 7")
-    overhead = crypto.KEY_BLOCK_BYTES + crypto.TAG_BYTES - 4  # key block and tag for the CRC
+    # the key block and the tag instead of the CRC-32
+    overhead = crypto.KEY_BLOCK_BYTES + crypto.TAG_BYTES - CHECKSUM_BYTES
     for k in (2, 4):
         budget = 8 * (len(files[k]) + overhead) / pixels  # level k's encrypted file, exactly
         derivations.clear()
