@@ -253,6 +253,26 @@ def test_exact_path_is_bit_identical_with_one_and_two_threads():
     assert torch.equal(one["mean"], two["mean"]) and torch.equal(one["index"], two["index"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_exact_path_is_bit_identical_on_the_gpu():
+    model = seeded_model(7)
+    z = random_z((1, CFG.N, 6, 7), seed=8)
+    mean, index, _ = model.hyper_decoder.exact(z)
+    on_gpu = copy.deepcopy(model.hyper_decoder).cuda()
+    gpu_mean, gpu_index, _ = on_gpu.exact(z.cuda())
+    assert gpu_mean.device.type == "cuda"
+    assert torch.equal(gpu_mean.cpu(), mean) and torch.equal(gpu_index.cpu(), index)
+
+
+def test_exact_path_stays_on_the_device_of_its_input():
+    # "meta" stands in for a GPU on a CPU-only machine: a constant made on the CPU without
+    # device= fails there as it would on CUDA (the training path: tests/test_training_loop.py)
+    hyper = HyperpriorCodec(CFG).hyper_decoder.to("meta")
+    mean, index, _ = hyper.exact(torch.zeros(1, CFG.N, 2, 2, dtype=torch.int64, device="meta"))
+    assert mean.device.type == index.device.type == "meta"
+    assert mean.shape == index.shape == (1, CFG.M, 8, 8)
+
+
 def symbols_digest() -> str:
     """sha256 of the integers a seeded model codes for a fixed image (run in a subprocess too)."""
     model = seeded_model(11)

@@ -286,3 +286,19 @@ def test_the_architecture_registry_is_the_command_lines_choice():
     assert ARCHITECTURES["study"].settings() == TrainSettings()
     with pytest.raises(ValueError, match="channels"):
         ARCHITECTURES["study"].with_channels((0, 4))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_training_step_and_evaluation_stay_on_the_models_device(arch):
+    # "meta" stands in for a GPU on a CPU-only machine: a tensor made on the CPU inside a model
+    # or objective (a constant without device=) fails there as it would with --device cuda
+    architecture = ARCHITECTURES[arch]
+    model = architecture.build().train().to("meta")
+    batch = torch.rand(2, 1, 128, 128, device="meta")
+    loss, logged = architecture.objective().loss(model, batch)
+    loss.backward()
+    assert loss.device.type == "meta" and all(v.device.type == "meta" for v in logged.values())
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
+    output = model.eval()(batch)
+    reconstruction = output["x_hat"] if isinstance(output, dict) else output
+    assert reconstruction.device.type == "meta" and reconstruction.shape == batch.shape

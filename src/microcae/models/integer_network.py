@@ -124,7 +124,8 @@ class IntConv2d(nn.Module):
         return bound_ste(round_ste(self.bias * self.bias_scale), -self.bias_max, self.bias_max)
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([2.0**-s for s in self.shift], dtype=like.dtype)[None, :, None, None]
+        return torch.tensor([2.0**-s for s in self.shift], dtype=like.dtype,
+                            device=like.device)[None, :, None, None]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Training path (float32, differentiable): (B, cin, h, w) integers → (B, cout, h, w).
@@ -163,7 +164,7 @@ class IntConv2d(nn.Module):
             bound = int((torch.matmul(flat.abs(), columns.abs()) + bias.abs()[None, :, None])
                         .max().item())
         acc = acc.to(torch.int64).reshape(b, -1, h, w)
-        shift = torch.tensor(self.shift, dtype=torch.int64)[None, :, None, None]
+        shift = torch.tensor(self.shift, dtype=torch.int64, device=acc.device)[None, :, None, None]
         out = torch.bitwise_right_shift(acc + (1 << (shift - 1)), shift)
         return out, bound
 
