@@ -159,8 +159,7 @@ def test_rate_budget_takes_the_highest_level_whose_file_fits(level_files):
 
 def test_rate_budget_counts_the_encryption_and_seals_only_the_chosen_file(level_files,
                                                                            monkeypatch):
-    from microcae.codec import RateBudget, Secret, decode_bytes
-    from microcae.codec import crypto
+    from microcae.codec import RateBudget, Secret, crypto, decode_bytes
     from microcae.codec.container import CHECKSUM_BYTES
 
     _, micrograph, models, files = level_files

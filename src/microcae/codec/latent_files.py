@@ -122,7 +122,7 @@ def _source_info(micrograph: Micrograph) -> SourceInfo:
 
 def _stream_file(model: MicrocaeModel, micrograph: Micrograph, stream: bytes,
                  secret: Secret | None) -> bytes:
-    """The latent file of a whole-image codec's coded ``stream`` of ``micrograph``."""
+    """Return the latent file of a whole-image codec's coded ``stream`` of ``micrograph``."""
     return write_stream(stream, _source_info(micrograph), model.latent_channels,
                         model.fingerprint(), secret)
 
