@@ -24,4 +24,4 @@ def test_coding_through_the_python_api_sets_the_allocator():
                          timeout=120, check=True,
                          env={"PYTHONPATH": str(Path(runtime.__file__).parents[2])})
     expected = "False True" if sys.platform.startswith("linux") else "False False"
-    assert run.stdout.split("\n")[-2] == expected
+    assert run.stdout.strip().splitlines()[-1] == expected
