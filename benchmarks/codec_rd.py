@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, default=None,
                         help="codecs.json of an earlier run on the same images to add")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--refine", type=int, default=0,
+                        help="encode the models with this many latent refinement steps "
+                             "(rows named <model>+refine<steps>); 0: no refinement")
     args = parser.parse_args()
 
     import torch
@@ -57,6 +60,7 @@ def main() -> None:
         compare_codecs,
         write_comparison,
     )
+    from microcae.models.refinement import Refinement
     from microcae.models.registry import BUNDLED, codec_levels, load_model
 
     torch.set_num_threads(args.threads)
@@ -65,8 +69,9 @@ def main() -> None:
     sources = test_sources(args.data, args.images)
     micrographs = [replace(read_micrograph(path), path=str(path.relative_to(args.images)))
                    for path in sources]
+    refine = Refinement(steps=args.refine) if args.refine else None
     comparison = compare_codecs(micrographs, models, () if args.no_curves else BPP_TARGETS,
-                                crop=args.crop)
+                                crop=args.crop, refine=refine)
     if args.merge is not None:
         earlier = CodecComparison.from_dict(json.loads(args.merge.read_text()))
         comparison = comparison.merged(earlier)

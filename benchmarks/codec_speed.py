@@ -7,10 +7,13 @@ it), each in one pass and in the automatic strips (:func:`~microcae.models.infer
 strip_rows_for`), with each time's ratio to a 2048² float32 matmul timed in the same run and
 the rise of the peak resident set during the warm-up run (Linux: the peak is reset through
 ``/proc/self/clear_refs`` before each step). ``--unchunked`` adds the float64 synthesis as it
-ran before strips (the whole decoder in one call: whole-layer im2col matrices). The project's
-goals: decode within 25× and encode within 50× the matmul time.
+ran before strips (the whole decoder in one call: whole-layer im2col matrices); ``--refine N``
+adds ``compress_whole`` with N steps of latent refinement (opt-in, no goal; the table then also
+gives the time per step). The project's goals: decode within 25× and encode within 50× the
+matmul time.
 
-Usage: ``python benchmarks/codec_speed.py [--model codec-2] [--threads 1] [--unchunked]``.
+Usage: ``python benchmarks/codec_speed.py [--model codec-2] [--threads 1] [--unchunked]
+[--refine 10]``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from microcae.models.inference import (
     inference_copy,
     strip_rows_for,
 )
+from microcae.models.refinement import Refinement
 from microcae.util.runtime import configure_allocator
 from microcae_testing.timing import matmul_seconds, median_seconds
 
@@ -82,15 +86,19 @@ def unchunked_decode(model: torch.nn.Module, stream: bytes) -> np.ndarray:
     return x_hat.contiguous().numpy()
 
 
-def steps(model: torch.nn.Module, image: np.ndarray, stream: bytes,
-          unchunked: bool) -> list[tuple[str, int, Callable[[], object], int]]:
-    """(name, strip rows, call, goal) of every measured step."""
+def steps(model: torch.nn.Module, image: np.ndarray, stream: bytes, unchunked: bool,
+          refine: int) -> list[tuple[str, int, Callable[[], object], int | None]]:
+    """(name, strip rows, call, goal or None) of every measured step."""
     whole = -(-SHAPE[0] // STRIDE) * STRIDE  # the padded height: one pass
     strips = strip_rows_for(SHAPE)
     rows = [
         ("encode (compress_whole)", whole, lambda: compress_whole(model, image, whole), 50),
         ("encode (compress_whole)", strips, lambda: compress_whole(model, image, strips), 50),
     ]
+    if refine:
+        rows.append((f"encode with {refine} refinement steps", strips,
+                     lambda: compress_whole(model, image, strips, Refinement(steps=refine)),
+                     None))
     if unchunked:
         rows.append(("decode, float64, whole layers (before strips)", whole,
                      lambda: unchunked_decode(model, stream), 25))
@@ -109,6 +117,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--unchunked", action="store_true",
                         help="also time the float64 decoding as it ran before strips")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="also time encoding with this many refinement steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configure_allocator()
@@ -120,11 +130,18 @@ def main() -> None:
           f"{8 * len(stream) / image.size:.3f} bpp; 2048² matmul {floor * 1e3:.1f} ms\n")
     print("| step | rows per strip | seconds | × matmul | peak RSS rise (MB) | goal |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, strip, step, goal in steps(model, image, stream, args.unchunked):
+    times: dict[str, float] = {}
+    for name, strip, step, goal in steps(model, image, stream, args.unchunked, args.refine):
         rise = peak_rise(step)
         seconds = median_seconds(step, args.repeats, warm_up=False)  # peak_rise ran it
+        times[name] = seconds
         print(f"| {name} | {strip} | {seconds:.2f} | {seconds / floor:.0f} | "
-              f"{rise / 2**20:.0f} | ≤ {goal} |", flush=True)
+              f"{rise / 2**20:.0f} | {'—' if goal is None else f'≤ {goal}'} |", flush=True)
+    if args.refine:
+        per_step = (times[f"encode with {args.refine} refinement steps"]
+                    - times["encode (compress_whole)"]) / args.refine
+        print(f"\none refinement step: {per_step:.2f} s = {per_step / floor:.1f}× the matmul, "
+              f"{per_step / (image.size / 1e6):.3f} s per Mpx")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -30,6 +31,7 @@ from microcae.evaluation.codec_comparison import (
 )
 from microcae.metrics.rate import MS_SSIM_WEIGHTS, bd_psnr, bd_rate, ms_ssim, ms_ssim_scales
 from microcae.models.hyperprior import HyperpriorCodec, HyperpriorConfig
+from microcae.models.refinement import Refinement
 from microcae.models.registry import save_model
 from microcae.util.errors import MicrocaeError
 
@@ -179,6 +181,24 @@ def test_every_row_rate_is_its_real_files_bits_per_pixel(codec, tiny_model):
     assert "whole images" in markdown_report(result)
 
 
+def test_refined_codecs_get_their_own_rows_and_the_other_models_stay_as_they_are(codec,
+                                                                                tiny_model):
+    pixels = synthetic_micrograph(40, 56, seed=9)
+    refinable = copy.deepcopy(codec)
+    refinable.lmbda = 0.01
+    refine = Refinement(steps=3)
+    result = compare_codecs([("img", pixels)], [("hp", refinable), ("cae", tiny_model)],
+                            bpp_targets=(), codecs=("jpeg",), progress=False, refine=refine)
+    assert result.models == {
+        "hp+refine3": {"kind": "microcae.hyperprior+refine3",
+                       "fingerprint": codec.fingerprint()},
+        "cae": {"kind": tiny_model.kind, "fingerprint": tiny_model.fingerprint()}}
+    own = {r.codec: r.bytes for r in result.rows if r.target == "own"}
+    image = _micrograph("img", pixels)
+    assert own["hp+refine3"] == len(encode_image(refinable, image, refine=refine))
+    assert own["cae"] == len(encode_image(tiny_model, image))
+
+
 def test_a_centre_crop_is_measured_and_said_and_models_merge(tiny_model, codec):
     pixels = synthetic_micrograph(40, 90, seed=8)
     result = compare_codecs([("img", pixels)], [("cae", tiny_model)], bpp_targets=(1.0,),
@@ -298,4 +318,10 @@ def test_evaluate_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert rc == 2 and "--bpp" in capsys.readouterr().err
     rc = main(["evaluate", str(image), "-o", str(out), "--crop", "8", "-m", "study"])
     assert "8×8 px (after any crop) is too small" in _one_line_error(capsys, rc)
+    rc = main(["evaluate", str(image), "-o", str(out), "--refine", "2", "-m", "study"])
+    assert "no --model is one" in _one_line_error(capsys, rc)
+    save_model(HyperpriorCodec(HyperpriorConfig(N=8, M=12)), tmp_path / "hp.safetensors")
+    rc = main(["evaluate", str(image), "-o", str(out), "--refine", "2", "-m",
+               str(tmp_path / "hp.safetensors")])
+    assert "records none" in _one_line_error(capsys, rc)
     assert not out.exists()

@@ -32,6 +32,11 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
               help="Rate budget in bits per pixel of the written file: each image gets the "
                    "best codec level whose file is no larger (the smallest level if none "
                    "fits; up to 4 encodes of each image).")
+@click.option("--refine", "refine_steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Optimise each image's latents with this many gradient steps before coding "
+                   "(microcae's codec only; 200 saves about a sixth of the bytes at equal "
+                   "quality; each step costs about two decodes; the decoder is unchanged). "
+                   "0: off.")
 @click.option("--dtype", "latent_dtype", type=DTYPE_CHOICE, default=None,
               help="Latent storage of tiled models (--model study, rd-*): uint8 (per-channel "
                    "scale/offset), float16, float32, or entropy (RD models). Default: the "
@@ -44,15 +49,17 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
 @force_option
 @progress_option
 def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
-            quality: int | None, bpp: float | None, latent_dtype: str | None, compress: bool,
-            key_file: Path | None, passphrase: bool, force: bool, progress: bool) -> None:
+            quality: int | None, bpp: float | None, refine_steps: int,
+            latent_dtype: str | None, compress: bool, key_file: Path | None, passphrase: bool,
+            force: bool, progress: bool) -> None:
     """Encode IMAGES (files or folders) into one latent file per image in OUT.
 
     By default the images are coded whole with microcae's learned codec; --model study keeps
     the study's CAE (256×256 tiles, 16×16×8 latents).
     """
     from microcae.cli.secret_options import resolve_secret
-    from microcae.codec import RateBudget
+    from microcae.codec import RateBudget, check_refinable
+    from microcae.models.refinement import Refinement
     from microcae.models.registry import encode_models, load_model
     from microcae.pipelines.latent_files import encode_files, encode_targets
 
@@ -61,9 +68,13 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
         raise MicrocaeError("--dtype does not apply with --bpp (the codec levels code streams)")
     encode_targets(list(images), out_dir, force)  # refuse bad outputs before any prompt
     models = [load_model(name) for name in names]
+    refine = Refinement(steps=refine_steps) if refine_steps else None
+    if refine is not None:
+        check_refinable(models)
     secret = resolve_secret(key_file, passphrase, confirm=True)
-    written = encode_files(RateBudget(models, bpp) if bpp is not None else models[0],
-                           list(images), out_dir, latent_dtype, compress, secret, progress, force)
+    encoder = RateBudget(models, bpp) if bpp is not None else models[0]
+    written = encode_files(encoder, list(images), out_dir, latent_dtype, compress, secret,
+                           progress, force, refine)
     if bpp is not None:
         _report_levels(written, dict(zip((m.fingerprint() for m in models), names, strict=True)),
                        bpp)

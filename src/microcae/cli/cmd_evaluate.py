@@ -43,15 +43,19 @@ def _model_name(name_or_path: str) -> str:
 @click.option("--crop", type=POSITIVE_INT, default=None,
               help="Centre-crop each image to at most this many pixels a side [default: "
                    "whole images].")
+@click.option("--refine", "refine_steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Encode microcae's codec levels with this many latent refinement steps "
+                   "(as 'microcae encode --refine'; rows named <level>+refine<steps>).")
 @progress_option
 def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
             codecs: tuple[str, ...], bpp_targets: tuple[float, ...], crop: int | None,
-            progress: bool) -> None:
+            refine_steps: int, progress: bool) -> None:
     """Rate–distortion against classical codecs on IMAGES (codecs.json, codecs.md, rd.png).
 
     Every rate is a real file's size, headers included; each classical codec is run at its
     best setting whose file is no larger than each microcae file, and at fixed bpp targets.
     """
+    from microcae.codec import STREAM, check_refinable
     from microcae.data.images import find_images, read_micrograph
     from microcae.evaluation.codec_comparison import (
         BPP_TARGETS,
@@ -60,6 +64,7 @@ def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
         markdown_report,
         write_comparison,
     )
+    from microcae.models.refinement import Refinement
     from microcae.models.registry import codec_levels, load_model
 
     names = models or (*codec_levels(), *DEFAULT_MODELS)
@@ -68,7 +73,13 @@ def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
         raise MicrocaeError(f"--model values need different names, got {', '.join(labels)}")
     loaded = [(label, load_model(name)) for label, name in zip(labels, names, strict=True)]
     micrographs = [read_micrograph(path) for path in find_images(list(images))]
+    refine = Refinement(steps=refine_steps) if refine_steps else None
+    if refine is not None:
+        codecs_to_refine = [model for _, model in loaded if model.latent_coding == STREAM]
+        if not codecs_to_refine:
+            raise MicrocaeError("--refine applies to microcae's codec, and no --model is one")
+        check_refinable(codecs_to_refine)
     comparison = compare_codecs(micrographs, loaded, bpp_targets or BPP_TARGETS,
-                                codecs or tuple(CLASSICAL_CODECS), crop, progress)
+                                codecs or tuple(CLASSICAL_CODECS), crop, progress, refine)
     write_comparison(comparison, out_dir)
     click.echo(markdown_report(comparison), nl=False)

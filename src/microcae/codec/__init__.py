@@ -6,11 +6,19 @@ layout
 is specified in ``docs/FORMAT.md``.
 """
 
-from microcae.codec.container import ENTROPY, SUFFIX, LatentHeader, SourceInfo, parse_header
+from microcae.codec.container import (
+    ENTROPY,
+    STREAM,
+    SUFFIX,
+    LatentHeader,
+    SourceInfo,
+    parse_header,
+)
 from microcae.codec.crypto import Secret, generate_key, read_key_file, write_key_file
 from microcae.codec.latent_files import (
     DecodedImage,
     RateBudget,
+    check_refinable,
     decode_bytes,
     default_dtype,
     encode_image,
@@ -21,12 +29,14 @@ from microcae.codec.quantise import LATENT_DTYPES
 __all__ = [
     "ENTROPY",
     "LATENT_DTYPES",
+    "STREAM",
     "SUFFIX",
     "DecodedImage",
     "LatentHeader",
     "RateBudget",
     "Secret",
     "SourceInfo",
+    "check_refinable",
     "decode_bytes",
     "default_dtype",
     "encode_image",

@@ -37,6 +37,7 @@ from microcae.models.inference import (
     decompress_whole,
     encode_micrograph,
 )
+from microcae.models.refinement import Refinement
 from microcae.models.registry import bundled_model_for
 from microcae.util.errors import MicrocaeError
 
@@ -77,6 +78,7 @@ def encode_image(
     compress: bool = True,
     secret: Secret | None = None,
     tile: int = 256,
+    refine: Refinement | None = None,
 ) -> bytes:
     """Encode one micrograph into the bytes of a latent file.
 
@@ -97,12 +99,18 @@ def encode_image(
         Encrypt with this key or passphrase.
     tile
         Tile side in pixels, a multiple of ``model.downsample``.
+    refine
+        Whole-image codecs only: optimise the image's latents first
+        (:func:`~microcae.models.inference.compress_whole`); None: do not.
     """
     if model.latent_coding == STREAM:
         if latent_dtype not in (None, STREAM):
             raise MicrocaeError(f"--dtype {latent_dtype} does not apply to {model.kind} models "
                                 "(they code whole images into one stream)")
-        return _stream_file(model, micrograph, compress_whole(model, micrograph.pixels), secret)
+        stream = compress_whole(model, micrograph.pixels, refine=refine)
+        return _stream_file(model, micrograph, stream, secret)
+    if refine is not None:
+        check_refinable([model])
     latent_dtype = latent_dtype or default_dtype(model)
     entropy = latent_dtype == ENTROPY
     if entropy and model.latent_coding != ENTROPY:
@@ -144,13 +152,15 @@ class RateBudget:
     levels: Sequence[MicrocaeModel]
     max_bpp: float
 
-    def encode(self, micrograph: Micrograph, secret: Secret | None = None) -> bytes:
+    def encode(self, micrograph: Micrograph, secret: Secret | None = None,
+               refine: Refinement | None = None) -> bytes:
         """Return the file bytes of the highest level within the budget (bisection).
 
         The lowest level's file when even that one exceeds the budget (the smallest file
         microcae can make of the image; ``microcae encode`` then says so). The trial streams
         are measured by the size their file will have; only the chosen one is sealed (one
-        key derivation with a passphrase).
+        key derivation with a passphrase). ``refine``: refine every trial stream's latents
+        (:func:`encode_image`; the levels are chosen by their refined files).
         """
         if not self.levels or not all(m.latent_coding == STREAM for m in self.levels):
             raise MicrocaeError("a rate budget needs whole-image codec levels")
@@ -158,7 +168,8 @@ class RateBudget:
         streams: dict[int, bytes] = {}
 
         def fits(level: int) -> bool:
-            streams[level] = compress_whole(self.levels[level], micrograph.pixels)
+            streams[level] = compress_whole(self.levels[level], micrograph.pixels,
+                                            refine=refine)
             size = stream_file_bytes(len(streams[level]), encrypted=secret is not None)
             return 8 * size / pixels <= self.max_bpp
 
@@ -171,6 +182,20 @@ class RateBudget:
                 else:
                     high = middle - 1
         return _stream_file(self.levels[low], micrograph, streams[low], secret)
+
+
+def check_refinable(models: Sequence[MicrocaeModel]) -> None:
+    """Raise :class:`MicrocaeError` unless every model can refine latents (``--refine``).
+
+    That needs a whole-image codec whose file records the ``lmbda`` it was trained with.
+    """
+    for model in models:
+        if model.latent_coding != STREAM:
+            raise MicrocaeError(f"--refine applies to microcae's codec only, not to "
+                                f"{model.kind} models")
+        if model.lmbda is None:
+            raise MicrocaeError("--refine needs the lambda the codec was trained with, and its "
+                                "model file records none")
 
 
 def model_for_file(data: bytes, label: str) -> MicrocaeModel:

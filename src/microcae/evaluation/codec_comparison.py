@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from microcae.codec import decode_bytes, encode_image
+from microcae.codec.container import STREAM
 from microcae.data.images import Micrograph, to_uint8, uint8_tile
 from microcae.figures.rate_distortion import plot_codec_curves
 from microcae.metrics.fidelity import MAX_SHIFT, fidelity_scores
@@ -39,6 +40,7 @@ from microcae.util.table_writer import csv_text, markdown_table
 
 if TYPE_CHECKING:
     from microcae.models.base import MicrocaeModel
+    from microcae.models.refinement import Refinement
 
 BPP_TARGETS = (0.1, 0.15, 0.2, 0.25, 0.4, 0.6, 1.0, 1.5)
 """Rates (bpp) at which each classical codec is run for its own curve."""
@@ -247,11 +249,11 @@ def _measured_pixels(item: Micrograph | tuple[str, np.ndarray],
     return label, pixels
 
 
-def _learned_row(label: str, name: str, model: MicrocaeModel,
-                 pixels: np.ndarray) -> tuple[Row, int]:
+def _learned_row(label: str, name: str, model: MicrocaeModel, pixels: np.ndarray,
+                 refine: Refinement | None = None) -> tuple[Row, int]:
     """Encode and decode ``pixels`` with one model; the row and its file's byte count."""
     start = time.perf_counter()
-    data = encode_image(model, _micrograph(label, pixels))
+    data = encode_image(model, _micrograph(label, pixels), refine=refine)
     encoded = time.perf_counter()
     decoded = to_uint8(decode_bytes(model, data, label).pixels)
     seconds = (encoded - start, time.perf_counter() - encoded)
@@ -424,6 +426,11 @@ CONTAINERS = {
 """What the byte counts of each codec include."""
 
 
+def refined_name(name: str, refine: Refinement) -> str:
+    """``name`` marked as encoded with ``refine``, e.g. ``"codec-4+refine200"``."""
+    return f"{name}+refine{refine.steps}"
+
+
 def compare_codecs(
     images: Sequence[Micrograph | tuple[str, np.ndarray]],
     models: Sequence[tuple[str, MicrocaeModel]],
@@ -431,6 +438,7 @@ def compare_codecs(
     codecs: Sequence[str] = tuple(CLASSICAL_CODECS),
     crop: int | None = None,
     progress: bool = True,
+    refine: Refinement | None = None,
 ) -> CodecComparison:
     """Measure microcae models and classical codecs on the same 8-bit whole images.
 
@@ -448,6 +456,11 @@ def compare_codecs(
         Centre-crop each image to at most ``crop × crop`` pixels first (None: whole images).
     progress
         Show a progress bar on stderr.
+    refine
+        Encode the whole-image codecs with latent refinement
+        (:mod:`microcae.models.refinement`); their names and kind get the suffix of
+        :func:`refined_name` (their rows form their own curve). The other models are
+        measured as they are.
 
     Returns
     -------
@@ -462,12 +475,17 @@ def compare_codecs(
     """
     if len(images) == 0:
         raise MicrocaeError("no images to compare the codecs on")
+    refined = {name for name, model in models
+               if refine is not None and model.latent_coding == STREAM}
+    models = [(refined_name(name, refine) if name in refined else name, model)
+              for name, model in models]
     checked = [_measured_pixels(item, crop) for item in images]  # every one before any work
     rows: list[Row] = []
     for label, pixels in tqdm(checked, desc="codecs", unit="image", disable=not progress):
         files = {name: CodecFiles(CLASSICAL_CODECS[name], pixels) for name in codecs}
         for name, model in models:
-            row, size = _learned_row(label, name, model, pixels)
+            row, size = _learned_row(label, name, model, pixels,
+                                     refine if model.latent_coding == STREAM else None)
             rows.append(row)
             rows += [_classical_row(label, codec, files[codec], f"model:{name}", size)
                      for codec in codecs]
@@ -475,8 +493,9 @@ def compare_codecs(
             budget = int(target * pixels.size / 8)
             rows += [_classical_row(label, codec, files[codec], f"bpp:{target:g}", budget)
                      for codec in codecs]
-    info = {name: {"kind": model.kind, "fingerprint": model.fingerprint()}
-            for name, model in models}
+    info = {name: {"kind": model.kind + (refined_name("", refine) if refine is not None
+                                         and model.latent_coding == STREAM else ""),
+                   "fingerprint": model.fingerprint()} for name, model in models}
     return CodecComparison(rows, [(label, *pixels.shape) for label, pixels in checked], crop,
                            info)
 

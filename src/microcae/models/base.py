@@ -63,6 +63,9 @@ class MicrocaeModel(nn.Module):
     decoder: nn.Module
     tables: EntropyTables | None = None
     """Integer code tables of entropy-coded latents (kinds with ``latent_coding = "entropy"``)."""
+    lmbda: float | None = None
+    """Rate–distortion weight the model was trained with (``microcae train --lmbda``, read from
+    its file's provenance); None if unknown or not a coding model."""
 
     @property
     def downsample(self) -> int:

@@ -64,6 +64,7 @@ from microcae.models.integer_network import (
     IntegerHyperSynthesis,
     round_ste,
 )
+from microcae.models.refinement import Refinement, refine_latents
 from microcae.models.strips import CHUNK_BYTES, plan, run_in_strips
 from microcae.util.errors import MicrocaeError
 
@@ -555,8 +556,8 @@ class HyperpriorCodec(MicrocaeModel):
                              CHUNK_BYTES)
 
     @torch.no_grad()
-    def quantise(self, x: torch.Tensor, peak: bool = False,
-                 strip_rows: int | None = None) -> dict[str, Any]:
+    def quantise(self, x: torch.Tensor, peak: bool = False, strip_rows: int | None = None,
+                 refine: Refinement | None = None) -> dict[str, Any]:
         """Integer symbols of one image, as :meth:`compress` codes them.
 
         Parameters
@@ -569,34 +570,56 @@ class HyperpriorCodec(MicrocaeModel):
             Run the analysis in strips of this many image rows (:meth:`analysis`; same
             symbols); None: one pass. The hyper-analysis always runs on the whole ``y``
             (1/256 of the pixels).
+        refine
+            Optimise the latents for this image first
+            (:func:`~microcae.models.refinement.refine_latents`; needs :attr:`lmbda`); None:
+            the analysis transform's latents.
+
+        Returns
+        -------
+        dict
+            As :meth:`symbols_of`, plus ``image_shape`` (H, W).
+        """
+        if x.dim() != 4 or x.shape[:2] != (1, 1):
+            raise ValueError(f"expected one (1, 1, H, W) image, got shape {tuple(x.shape)}")
+        size = tuple(x.shape[-2:])
+        x = x.to(next(self.parameters()).dtype)
+        y = self.analysis(pad_to_multiple(x).contiguous(memory_format=torch.channels_last),
+                          strip_rows)
+        z = self.hyper_encoder(y)
+        if refine is not None:
+            y, z = refine_latents(self, x, y, z, refine)
+        return {**self.symbols_of(y, z, peak, strip_rows), "image_shape": size}
+
+    @torch.no_grad()
+    def symbols_of(self, y: torch.Tensor, z: torch.Tensor, peak: bool = False,
+                   strip_rows: int | None = None) -> dict[str, Any]:
+        """Quantise latents ``y`` (1, M, 4h, 4w) and ``z`` (1, N, h, w) into coded integers.
 
         Returns
         -------
         dict
             ``z`` (1, N, h, w) int64 ``ẑ = clamp(floor(z + 1/2), ±z_max)``; ``y`` (1, M, 4h, 4w)
             int64 symbols ``clamp(floor(y - mean + 1/2), int16)``; ``mean``, ``index``,
-            ``peak`` as :meth:`entropy_parameters`; ``shape`` (h, w); ``image_shape`` (H, W).
+            ``peak`` as :meth:`entropy_parameters` (``strip_rows`` passed on); ``shape``
+            (h, w).
         """
-        if x.dim() != 4 or x.shape[:2] != (1, 1):
-            raise ValueError(f"expected one (1, 1, H, W) image, got shape {tuple(x.shape)}")
-        size = tuple(x.shape[-2:])
-        x = pad_to_multiple(x.to(next(self.parameters()).dtype))
-        y = self.analysis(x.contiguous(memory_format=torch.channels_last), strip_rows)
-        z = self.hyper_encoder(y)
         z_max = self.config.z_max
         z_hat = torch.floor(z.double() + 0.5).clamp(-z_max, z_max).to(torch.int64).cpu()
         params = self.entropy_parameters(z_hat, peak, strip_rows)
         mean = params["mean"].double() * 2.0**-self.config.mean_frac_bits
         symbols = torch.floor(y.double().cpu() - mean + 0.5).clamp(VALUE_MIN, VALUE_MAX)
         return {"z": z_hat, "y": symbols.to(torch.int64), **params,
-                "shape": tuple(z_hat.shape[-2:]), "image_shape": size}
+                "shape": tuple(z_hat.shape[-2:])}
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, strip_rows: int | None = None) -> dict[str, Any]:
+    def compress(self, x: torch.Tensor, strip_rows: int | None = None,
+                 refine: Refinement | None = None) -> dict[str, Any]:
         """Code one (1, 1, H, W) image in [0, 1] (any H, W >= 1).
 
         ``strip_rows``: run the analysis in strips of this many image rows (a multiple of 16;
-        the same stream, bounded memory); None: one pass.
+        the same stream, bounded memory); None: one pass. ``refine``: optimise the latents
+        for this image first (:meth:`quantise`; the same decoder, a smaller cost).
 
         Returns
         -------
@@ -606,7 +629,7 @@ class HyperpriorCodec(MicrocaeModel):
             ``image_shape``: (H, W), which :meth:`decompress` needs to crop the padding.
         """
         z_tables, y_tables = self._tables()
-        q = self.quantise(x, strip_rows=strip_rows)
+        q = self.quantise(x, strip_rows=strip_rows, refine=refine)
         data = encode_stream(q["z"][0].numpy(), q["y"][0].numpy(), q["index"][0].numpy(),
                              z_tables, y_tables, self._coder_models())
         return {"strings": data, "shape": q["shape"], "image_shape": q["image_shape"]}

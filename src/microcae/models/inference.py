@@ -16,6 +16,7 @@ from torch import nn
 from microcae.data.tiling import TileGrid, extract_tiles, stitch_tiles
 from microcae.models.base import MicrocaeModel
 from microcae.models.hyperprior import STRIDE
+from microcae.models.refinement import Refinement
 from microcae.util.runtime import configure_allocator, to_channels_last
 
 DEFAULT_BATCH = 8
@@ -166,8 +167,8 @@ def strip_rows_for(shape: tuple[int, int], strip_rows: int | None = None,
 
 
 @torch.no_grad()
-def compress_whole(model: MicrocaeModel, pixels: np.ndarray,
-                   strip_rows: int | None = None) -> bytes:
+def compress_whole(model: MicrocaeModel, pixels: np.ndarray, strip_rows: int | None = None,
+                   refine: Refinement | None = None) -> bytes:
     """Code a whole (H, W) image in [0, 1] with a stream model (no tiles, no seams).
 
     The analysis transform runs in float32 channels-last on a private copy, in horizontal
@@ -183,6 +184,10 @@ def compress_whole(model: MicrocaeModel, pixels: np.ndarray,
     strip_rows
         Image rows per strip (a positive multiple of 16; at least the padded height: one pass);
         None: chosen by :func:`strip_rows_for`.
+    refine
+        Optimise the image's latents for its own rate–distortion cost first
+        (:mod:`microcae.models.refinement`: a smaller cost, the same decoder; each step costs
+        about one synthesis forward and backward); None: the analysis transform's latents.
 
     Returns
     -------
@@ -192,7 +197,7 @@ def compress_whole(model: MicrocaeModel, pixels: np.ndarray,
     coding = inference_copy(model)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
     rows = strip_rows_for(pixels.shape, strip_rows)
-    return coding.compress(to_channels_last(x), strip_rows=rows)["strings"]
+    return coding.compress(to_channels_last(x), strip_rows=rows, refine=refine)["strings"]
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ is allocated, so a small file cannot make the loader build a huge network.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,25 @@ def read_model_file(name_or_path: str | Path | None = None) -> ModelFile:
     tensors = read_tensors(header.path)
     _load_weights(header.path, model, tensors)
     model.load_stored_tensors(tensors, str(header.path))
+    model.lmbda = trained_lmbda(provenance)
     model.eval()
     return ModelFile(model, provenance, header.metadata.get("microcae_version", ""))
+
+
+def trained_lmbda(provenance: dict[str, Any]) -> float | None:
+    """Return the ``lmbda`` a model file's provenance records for its training.
+
+    Returns
+    -------
+    float | None
+        A finite positive float, or None when the provenance records none (or a bad value).
+    """
+    settings = provenance.get("settings")
+    value = settings.get("lmbda") if isinstance(settings, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+            value) and value > 0:
+        return float(value)
+    return None
 
 
 def load_model(name_or_path: str | Path | None = None) -> MicrocaeModel:

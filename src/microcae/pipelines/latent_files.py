@@ -23,6 +23,7 @@ from microcae.codec.latent_files import (
 )
 from microcae.data.images import find_images, read_micrograph
 from microcae.models.base import MicrocaeModel
+from microcae.models.refinement import Refinement
 from microcae.util.atomic import (
     atomic_path,
     check_output_files,
@@ -71,6 +72,7 @@ def encode_files(
     secret: Secret | None = None,
     progress: bool = True,
     force: bool = False,
+    refine: Refinement | None = None,
 ) -> list[Path]:
     """Encode images (files or folders) to ``<stem>.mcl`` files in ``out_dir``.
 
@@ -78,7 +80,9 @@ def encode_files(
     atomically, only when all inputs succeeded, so an error leaves nothing behind.
     ``force`` allows replacing existing ``.mcl`` files (never an input). ``model`` a
     :class:`~microcae.codec.latent_files.RateBudget`: each image at the best codec level whose
-    file fits the budget (``latent_dtype`` and ``compress`` do not apply).
+    file fits the budget (``latent_dtype`` and ``compress`` do not apply). ``refine``:
+    optimise each image's latents first (whole-image codecs only,
+    :func:`~microcae.codec.latent_files.encode_image`).
 
     Returns
     -------
@@ -96,8 +100,10 @@ def encode_files(
     for path in tqdm(images, desc="encode", unit="image", disable=not progress):
         with memory_guard(str(path)):
             micrograph = read_micrograph(path)
-            blobs.append(model.encode(micrograph, secret) if isinstance(model, RateBudget)
-                         else encode_image(model, micrograph, latent_dtype, compress, secret))
+            blobs.append(model.encode(micrograph, secret, refine)
+                         if isinstance(model, RateBudget) else
+                         encode_image(model, micrograph, latent_dtype, compress, secret,
+                                      refine=refine))
     for target, blob in zip(targets, blobs, strict=True):
         write_bytes_atomic(target, blob)
     return targets
