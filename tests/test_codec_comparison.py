@@ -23,6 +23,7 @@ from microcae.evaluation.codec_comparison import (
     CLASSICAL_CODECS,
     CodecComparison,
     CodecFiles,
+    Row,
     _micrograph,
     compare_codecs,
     highest_within,
@@ -197,6 +198,25 @@ def test_refined_codecs_get_their_own_rows_and_the_other_models_stay_as_they_are
     image = _micrograph("img", pixels)
     assert own["hp+refine3"] == len(encode_image(refinable, image, refine=refine))
     assert own["cae"] == len(encode_image(tiny_model, image))
+
+
+def test_throughput_is_megabytes_of_8_bit_pixels_per_second():
+    """Two files of 1000 × 1000 px (1 MB of 8-bit pixels each), encoded in 0.5 s and 1.5 s and
+    decoded in 0.25 s each: 2 MB / 2 s = 1 MB/s encode, 2 MB / 0.5 s = 4 MB/s decode."""
+    scores = {"psnr_db": 30.0, "ms_ssim": 0.9, "phase_fraction_error": 0.0,
+              "two_point_error": 0.0, "boundary_f": 1.0}
+    rows = [Row(f"i{k}", "jpeg", False, "bpp:1", "q", 125000, 1.0, False, **scores,
+                encode_s=seconds, decode_s=0.25) for k, seconds in enumerate((0.5, 1.5))]
+    (table,) = CodecComparison(rows, [("i0", 1000, 1000), ("i1", 1000, 1000)], None,
+                               {}).throughput()
+    assert table == {"codec": "jpeg", "files": 2, "encode_MB_s": 1.0, "decode_MB_s": 4.0}
+
+
+def test_kind_groups_are_the_kinds_with_two_or_more_models_in_order():
+    models = {name: {"kind": kind, "fingerprint": name} for name, kind in (
+        ("a", "k1"), ("b", "k2"), ("c", "k1"), ("d", "k3"), ("e", "k1"), ("f", "k3"))}
+    comparison = CodecComparison([], [], None, models)
+    assert comparison.kind_groups() == {"k1": ["a", "c", "e"], "k3": ["d", "f"]}
 
 
 def test_a_centre_crop_is_measured_and_said_and_models_merge(tiny_model, codec):

@@ -350,6 +350,13 @@ class CodecComparison:
         """Each microcae model's mean point (over images), by model name."""
         return {name: self.mean(name, "own") for name in self.models}
 
+    def kind_groups(self) -> dict[str, list[str]]:
+        """Model kind -> its model names, for every kind with two or more models (in order)."""
+        groups: dict[str, list[str]] = {}
+        for name, info in self.models.items():
+            groups.setdefault(info["kind"], []).append(name)
+        return {kind: names for kind, names in groups.items() if len(names) > 1}
+
     def bd_table(self, delta: str = "rate") -> list[dict[str, object]]:
         """BD-rate (%) or BD-PSNR (dB) of each model, and each kind with ≥ 2 models, per codec.
 
@@ -362,10 +369,8 @@ class CodecComparison:
         measure = {"rate": bd_rate, "psnr": bd_psnr}[delta]
         points = self.learned_points()
         groups: dict[str, list[str]] = {name: [name] for name in self.models}
-        for kind in {info["kind"] for info in self.models.values()}:
-            members = [n for n, info in self.models.items() if info["kind"] == kind]
-            if len(members) > 1:
-                groups[f"{kind} ({', '.join(members)})"] = members
+        for kind, members in self.kind_groups().items():
+            groups[f"{kind} ({', '.join(members)})"] = members
         table = []
         for label, members in groups.items():
             ordered = sorted(members, key=lambda n: points[n]["bpp"])
@@ -397,7 +402,7 @@ class CodecComparison:
         table = []
         for codec in [*self.models, *self.classical()]:
             rows = [r for r in self.rows if r.codec == codec]
-            megabytes = sum(8.0 * r.bytes / r.bpp for r in rows) / 8e6
+            megabytes = sum(8.0 * r.bytes / r.bpp for r in rows) / 1e6  # 1 byte per pixel
             table.append({"codec": codec, "files": len(rows),
                           "encode_MB_s": megabytes / sum(r.encode_s for r in rows),
                           "decode_MB_s": megabytes / sum(r.decode_s for r in rows)})
@@ -548,5 +553,7 @@ def write_comparison(comparison: CodecComparison, out_dir: str | Path,
     write_text_atomic(written["markdown"], markdown_report(comparison, title))
     write_text_atomic(written["csv"], csv_text([asdict(r) for r in comparison.rows]))
     plot_codec_curves({c: comparison.curve(c) for c in comparison.classical()},
-                      comparison.learned_points(), written["figure"], title)
+                      comparison.learned_points(), written["figure"], title,
+                      {f"{kind.removeprefix('microcae.')} ({len(names)} models)": names
+                       for kind, names in comparison.kind_groups().items()})
     return written
