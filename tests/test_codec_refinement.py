@@ -19,6 +19,7 @@ from microcae.models.inference import compress_whole, decompress_whole, inferenc
 from microcae.models.refinement import (
     Refinement,
     _distortion_backward,
+    _optimise,
     rd_cost,
     refine_latents,
 )
@@ -66,6 +67,18 @@ def test_strip_gradient_equals_the_gradient_of_one_whole_pass():
         _distortion_backward(codec, x, part, noise, lmbda, strip)
         assert torch.allclose(part.grad, whole.grad, rtol=1e-10, atol=1e-13), strip
     assert whole.grad.abs().sum() > 0
+
+
+def test_the_optimisation_runs_on_the_device_of_the_model():
+    """On PyTorch's meta device (standing in for a GPU): a tensor made on the CPU inside the
+    loop would fail to combine with the model's; the latents come back on the device."""
+    codec = HyperpriorCodec(HyperpriorConfig(N=8, M=12)).eval().to("meta")
+    x = torch.rand(1, 1, 64, 64, device="meta")
+    y, z = torch.rand(1, 12, 4, 4, device="meta"), torch.rand(1, 8, 1, 1, device="meta")
+    ry, rz = _optimise(codec, x, y, z, 0.01, steps=2, lr=0.02, seed=0, strip=32)
+    assert (ry.device.type, rz.device.type) == ("meta", "meta")
+    assert ry.shape == y.shape and rz.shape == z.shape
+    assert all(p.requires_grad for p in codec.parameters())  # left as it was
 
 
 def test_rd_cost_equals_the_eval_forward_of_the_codec(level_1, sample):

@@ -137,8 +137,8 @@ def _optimise(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: torch
     try:
         for _ in range(steps):
             optimiser.zero_grad(set_to_none=False)
-            noise_y = torch.rand(y.shape, generator=generator, dtype=y.dtype) - 0.5
-            noise_z = torch.rand(z.shape, generator=generator, dtype=z.dtype) - 0.5
+            noise_y = (torch.rand(y.shape, generator=generator, dtype=y.dtype) - 0.5).to(y.device)
+            noise_z = (torch.rand(z.shape, generator=generator, dtype=z.dtype) - 0.5).to(z.device)
             _rate_backward(codec, x, y, z, noise_y, noise_z)
             _distortion_backward(codec, x, y, noise_y, lmbda, strip)
             optimiser.step()
@@ -202,7 +202,8 @@ def rd_cost(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: torch.T
         the symbols under their stored scale indices, plus the weighted MSE of the decoded
         image (clamped to [0, 1]) against ``x``.
     """
-    q = codec.symbols_of(y, z)
+    q = {k: v.to(y.device) for k, v in codec.symbols_of(y, z).items()
+         if isinstance(v, torch.Tensor)}
     config = codec.config
     scale = codec.scale_of(q["index"].double())
     bits = (-torch.log2(gaussian_likelihood(q["y"].double(), scale)).sum()
