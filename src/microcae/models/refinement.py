@@ -106,7 +106,7 @@ def refine_latents(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: 
     if lmbda is None:
         raise MicrocaeError("refinement needs the lambda the codec was trained with, and this "
                             "model file records none (train it with 'microcae train')")
-    strip = strip_rows(refinement, y.shape[-1] * codec.downsample, codec.downsample)
+    strip = _strip_rows(refinement, y.shape[-1] * codec.downsample, codec.downsample)
     with torch.enable_grad():
         refined = _optimise(codec, x, y, z, lmbda, refinement.steps, refinement.lr,
                             refinement.seed, strip)
@@ -115,7 +115,7 @@ def refine_latents(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: 
     return refined if refined_cost < start_cost else (y.detach(), z.detach())
 
 
-def strip_rows(refinement: Refinement, width: int, multiple: int) -> int:
+def _strip_rows(refinement: Refinement, width: int, multiple: int) -> int:
     """Image rows per strip, a multiple of ``multiple``, for images ``width`` px wide."""
     return multiple * max(1, refinement.strip_pixels // (multiple * width))
 
