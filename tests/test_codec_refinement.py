@@ -128,6 +128,15 @@ def test_refinement_lowers_the_cost_and_the_file_decodes_with_the_same_decoder(l
     assert np.abs(decoded - direct).max() < 1e-12  # the file holds exactly the refined symbols
 
 
+def test_a_progress_bar_counts_the_steps_only_when_asked(level_1, sample, capsys):
+    y, z = latents(level_1, sample)
+    refine_latents(level_1, sample, y, z, Refinement(steps=3))
+    assert "refine" not in capsys.readouterr().err
+    refine_latents(level_1, sample, y, z, Refinement(steps=3, progress=True))
+    err = capsys.readouterr().err
+    assert "refine:" in err and "0/3 [" in err  # the bar, cleared when done (leave=False)
+
+
 def test_refinement_keeps_the_analysis_latents_when_it_would_cost_more(level_1, sample):
     """A learning rate that wrecks the latents: the unrefined stream is kept, byte for byte."""
     pixels = sample[0, 0].numpy()

@@ -68,7 +68,7 @@ def command(images: tuple[Path, ...], model_path: Path | None, out_dir: Path,
         raise MicrocaeError("--dtype does not apply with --bpp (the codec levels code streams)")
     encode_targets(list(images), out_dir, force)  # refuse bad outputs before any prompt
     models = [load_model(name) for name in names]
-    refine = Refinement(steps=refine_steps) if refine_steps else None
+    refine = Refinement(steps=refine_steps, progress=progress) if refine_steps else None
     if refine is not None:
         check_refinable(models)
     secret = resolve_secret(key_file, passphrase, confirm=True)

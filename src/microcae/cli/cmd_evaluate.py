@@ -73,7 +73,7 @@ def command(images: tuple[Path, ...], out_dir: Path, models: tuple[str, ...],
         raise MicrocaeError(f"--model values need different names, got {', '.join(labels)}")
     loaded = [(label, load_model(name)) for label, name in zip(labels, names, strict=True)]
     micrographs = [read_micrograph(path) for path in find_images(list(images))]
-    refine = Refinement(steps=refine_steps) if refine_steps else None
+    refine = Refinement(steps=refine_steps, progress=progress) if refine_steps else None
     if refine is not None:
         codecs_to_refine = [model for _, model in loaded if model.latent_coding == STREAM]
         if not codecs_to_refine:

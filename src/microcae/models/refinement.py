@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
 
 from microcae.entropy.gaussian import gaussian_likelihood
 from microcae.models.gdn import bound_ste
@@ -59,12 +60,15 @@ class Refinement:
     strip_pixels
         About this many image pixels per strip of the distortion's gradient (bounds memory:
         roughly 1.2 kB of activations per pixel for N = 64).
+    progress
+        Show a progress bar of the steps on stderr (an image can take minutes).
     """
 
     steps: int = 200
     lr: float = 2e-2
     seed: int = 0
     strip_pixels: int = 1 << 20
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -109,7 +113,7 @@ def refine_latents(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: 
     strip = _strip_rows(refinement, y.shape[-1] * codec.downsample, codec.downsample)
     with torch.enable_grad():
         refined = _optimise(codec, x, y, z, lmbda, refinement.steps, refinement.lr,
-                            refinement.seed, strip)
+                            refinement.seed, strip, refinement.progress)
     start_cost = rd_cost(codec, x, y, z, lmbda, strip)
     refined_cost = rd_cost(codec, x, *refined, lmbda, strip)
     return refined if refined_cost < start_cost else (y.detach(), z.detach())
@@ -121,8 +125,8 @@ def _strip_rows(refinement: Refinement, width: int, multiple: int) -> int:
 
 
 def _optimise(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
-              lmbda: float, steps: int, lr: float, seed: int,
-              strip: int) -> tuple[torch.Tensor, torch.Tensor]:
+              lmbda: float, steps: int, lr: float, seed: int, strip: int,
+              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Adam on ``(y, z)`` under the noise proxy; returns the last iterate, detached."""
     y = y.detach().clone().requires_grad_(True)
     z = z.detach().clone().requires_grad_(True)
@@ -135,7 +139,8 @@ def _optimise(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: torch
     for parameter in frozen:
         parameter.requires_grad_(False)
     try:
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="refine", unit="step", leave=False,
+                      disable=not progress):
             optimiser.zero_grad(set_to_none=False)
             noise_y = (torch.rand(y.shape, generator=generator, dtype=y.dtype) - 0.5).to(y.device)
             noise_z = (torch.rand(z.shape, generator=generator, dtype=z.dtype) - 0.5).to(z.device)
