@@ -10,9 +10,11 @@ decodes anywhere an unrefined one does.
 The loss is the training objective ``lmbda · 255² · MSE + bpp`` with the model's own
 ``lmbda``, under the usual uniform-noise proxy: the synthesis sees ``y + u`` and the rates are
 the model's densities of ``y − mean + u`` and ``z + u`` (``u ~ U(−1/2, 1/2)``, drawn from a
-seeded generator: the same image gives the same file). The means and scales come from the
-training path of the integer hyper-synthesis at the straight-through rounded ``ẑ``. Adam, with
-the learning rate divided by 10 after 60 % and again after 90 % of the steps. The distortion's
+seeded generator: on one machine the same image gives the same file; another CPU may round
+the float32 steps otherwise and write another, equally valid file). The means and scales come
+from the training path of the integer hyper-synthesis at the straight-through rounded ``ẑ``.
+Adam, with the learning rate divided by 10 after 60 % and again after 90 % of the steps. The
+distortion's
 gradient is accumulated over horizontal strips of the image with exact halos
 (:func:`~microcae.models.strips.plan`), so memory follows the strip, not the image.
 
