@@ -14,8 +14,7 @@ seeded generator: on one machine the same image gives the same file; another CPU
 the float32 steps otherwise and write another, equally valid file). The means and scales come
 from the training path of the integer hyper-synthesis at the straight-through rounded ``ẑ``.
 Adam, with the learning rate divided by 10 after 60 % and again after 90 % of the steps. The
-distortion's
-gradient is accumulated over horizontal strips of the image with exact halos
+distortion's gradient is accumulated over horizontal strips of the image with exact halos
 (:func:`~microcae.models.strips.plan`), so memory follows the strip, not the image.
 
 At the end both candidates — the analysis transform's latents and the refined ones — are
