@@ -34,9 +34,9 @@ DTYPE_CHOICE = LazyChoice(("float32", "float16", "uint8", "entropy"),
                    "fits; up to 4 encodes of each image).")
 @click.option("--refine", "refine_steps", type=click.IntRange(0), default=0, show_default=True,
               help="Optimise each image's latents with this many gradient steps before coding "
-                   "(microcae's codec only; 200 saves about a sixth of the bytes at equal "
-                   "quality; each step costs about two decodes; the decoder is unchanged). "
-                   "0: off.")
+                   "(microcae's codec only; 200 steps: about 30 % fewer bytes at equal PSNR "
+                   "on the test micrographs, each step costing about one decode; the decoder "
+                   "is unchanged). 0: off.")
 @click.option("--dtype", "latent_dtype", type=DTYPE_CHOICE, default=None,
               help="Latent storage of tiled models (--model study, rd-*): uint8 (per-channel "
                    "scale/offset), float16, float32, or entropy (RD models). Default: the "
