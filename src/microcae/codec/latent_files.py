@@ -37,7 +37,7 @@ from microcae.models.inference import (
     decompress_whole,
     encode_micrograph,
 )
-from microcae.models.refinement import Refinement
+from microcae.models.refinement import Refinement, trained_lmbda_of
 from microcae.models.registry import bundled_model_for
 from microcae.util.errors import MicrocaeError
 
@@ -193,9 +193,7 @@ def check_refinable(models: Sequence[MicrocaeModel]) -> None:
         if model.latent_coding != STREAM:
             raise MicrocaeError(f"--refine applies to microcae's codec only, not to "
                                 f"{model.kind} models")
-        if model.lmbda is None:
-            raise MicrocaeError("--refine needs the lambda the codec was trained with, and its "
-                                "model file records none")
+        trained_lmbda_of(model)
 
 
 def model_for_file(data: bytes, label: str) -> MicrocaeModel:

@@ -40,6 +40,7 @@ from microcae.models.strips import flatten, plan
 from microcae.util.errors import MicrocaeError
 
 if TYPE_CHECKING:
+    from microcae.models.base import MicrocaeModel
     from microcae.models.hyperprior import HyperpriorCodec
 
 DISTORTION_SCALE = 255.0**2
@@ -107,10 +108,7 @@ def refine_latents(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: 
     MicrocaeError
         If the codec records no ``lmbda``.
     """
-    lmbda = codec.lmbda
-    if lmbda is None:
-        raise MicrocaeError("refinement needs the lambda the codec was trained with, and this "
-                            "model file records none (train it with 'microcae train')")
+    lmbda = trained_lmbda_of(codec)
     strip = _strip_rows(refinement, y.shape[-1] * codec.downsample, codec.downsample)
     with torch.enable_grad():
         refined = _optimise(codec, x, y, z, lmbda, refinement.steps, refinement.lr,
@@ -118,6 +116,20 @@ def refine_latents(codec: HyperpriorCodec, x: torch.Tensor, y: torch.Tensor, z: 
     start_cost = rd_cost(codec, x, y, z, lmbda, strip)
     refined_cost = rd_cost(codec, x, *refined, lmbda, strip)
     return refined if refined_cost < start_cost else (y.detach(), z.detach())
+
+
+def trained_lmbda_of(model: MicrocaeModel) -> float:
+    """Return the ``lmbda`` refinement weighs the distortion with: the model's training one.
+
+    Raises
+    ------
+    MicrocaeError
+        If the model's file records none (:attr:`~microcae.models.base.MicrocaeModel.lmbda`).
+    """
+    if model.lmbda is None:
+        raise MicrocaeError("refinement needs the lambda the codec was trained with, and its "
+                            "model file records none (train it with 'microcae train')")
+    return model.lmbda
 
 
 def _strip_rows(refinement: Refinement, width: int, multiple: int) -> int:
